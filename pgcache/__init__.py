@@ -1,0 +1,33 @@
+"""pgcache: a persistent two-tier LLM response cache on PostgreSQL + pgvector.
+
+    from pgcache import Cache
+
+    cache = Cache()  # embedded PostgreSQL, OpenAI embeddings and chat
+    print(cache.query("What is SQL injection?").content)
+"""
+
+from .cache import Cache
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    EmbedderError,
+    InvalidRequestError,
+    PgcacheError,
+    SchemaError,
+)
+from .result import CacheResult
+from .settings import Settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Cache",
+    "CacheResult",
+    "ConfigurationError",
+    "DatabaseError",
+    "EmbedderError",
+    "InvalidRequestError",
+    "PgcacheError",
+    "SchemaError",
+    "Settings",
+]

@@ -1,0 +1,401 @@
+"""The two-tier cache: exact key, then semantic neighbour, then the LLM."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import db, store
+from .connections import Database
+from .durations import parse_ttl
+from .embedders import OpenAIEmbedder, embed_texts, threshold_for
+from .errors import ConfigurationError, InvalidRequestError, PgcacheError
+from .keys import RequestKey, request_key
+from .ledger import LedgerWriter, LookupRecord
+from .responses import check_text, completion_dict, content_of, storable_json, usage_of
+from .result import CacheResult
+from .settings import DEFAULT_MODEL, DEFAULT_NAMESPACE, Settings
+
+_log = logging.getLogger(__name__)
+_UNSET: Any = object()
+SOURCES = ("llm", "warm", "manual")
+
+
+class Cache:
+    """A persistent LLM response cache on PostgreSQL + pgvector.
+
+    Args:
+        database_url: ``postgresql://`` or ``postgres://`` URL; ``None`` starts
+            (or joins) the embedded PostgreSQL in ``data_dir``.
+        embedder: any object with ``name``, ``dimensions`` and ``embed(texts)``;
+            ``None`` uses OpenAI's text-embedding-3-small through ``llm``.
+        llm: an ``openai.OpenAI`` client (or compatible) for misses; ``None``
+            builds one from the SDK's environment variables when first needed.
+        model: the default chat model.
+        namespace: entries of different namespaces never serve each other.
+        ttl: default lifetime of new entries (seconds, ``"12h"``, ``"7d"``…);
+            ``None`` keeps them until invalidated.
+        threshold: minimum cosine similarity for a semantic hit; ``None`` uses
+            the embedder's default (0.92 for text-embedding-3-small).
+        data_dir: data directory of the embedded server (default: per user).
+        pool_size: most connections this cache opens at once.
+        connect_timeout, statement_timeout: seconds before a database
+            operation gives up.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        embedder: Any = None,
+        llm: Any = None,
+        model: str = DEFAULT_MODEL,
+        namespace: str = DEFAULT_NAMESPACE,
+        ttl: Any = None,
+        threshold: float | None = None,
+        *,
+        data_dir: str | Path | None = None,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
+    ) -> None:
+        self.database_url = db.normalize_url(database_url) if database_url else None
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.model = _check_name(model, "model")
+        self.namespace = _check_name(namespace, "namespace")
+        self.ttl = parse_ttl(ttl)
+        self._threshold = None if threshold is None else _check_threshold(threshold)
+        if embedder is not None:
+            _check_embedder(embedder)
+        self._embedder = embedder
+        self._llm = llm
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigurationError(f"pool_size must be a positive integer, got {pool_size!r}")
+        self._pool_options = {
+            "max_size": pool_size,
+            "connect_timeout": connect_timeout,
+            "statement_timeout": statement_timeout,
+        }
+        self._db: Database | None = None
+        self._ledger: LedgerWriter | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, llm: Any = None, **overrides: Any) -> Cache:
+        """A cache configured from ``PGCACHE_*`` variables; keyword arguments override them."""
+        settings = Settings.from_env(environ)
+        options: dict[str, Any] = {
+            "database_url": settings.database_url,
+            "data_dir": settings.data_dir,
+            "model": settings.model,
+            "namespace": settings.namespace,
+            "ttl": settings.ttl,
+            "threshold": settings.threshold,
+        }
+        options.update(overrides)
+        if options.get("embedder") is None:
+            options["embedder"] = settings.make_embedder(client=llm)
+        return cls(llm=llm, **options)
+
+    # -- configuration ------------------------------------------------------
+
+    @property
+    def embedder(self) -> Any:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = OpenAIEmbedder(client=self._llm)
+            return self._embedder
+
+    @property
+    def llm(self) -> Any:
+        with self._lock:
+            if self._llm is None:
+                import openai
+
+                self._llm = openai.OpenAI()
+            return self._llm
+
+    @property
+    def threshold(self) -> float:
+        """Minimum cosine similarity for a semantic hit."""
+        return self._threshold if self._threshold is not None else threshold_for(self.embedder)
+
+    def database(self) -> Database:
+        """The connection pool, opened (and the embedded schema migrated) on first use."""
+        with self._lock:
+            if self._db is None:
+                url, embedded = db.resolve_url(self.database_url, self.data_dir)
+                db.check_schema(url, auto_upgrade=embedded)
+                self._db = Database(url, **self._pool_options)
+                self._ledger = LedgerWriter(self._db)
+                # Queued ledger rows are written even when the cache is never closed.
+                self._finalizer = weakref.finalize(self, _shutdown, self._ledger, self._db)
+            return self._db
+
+    @property
+    def url(self) -> str:
+        """URL of the cache database (the embedded server's when none was given)."""
+        return self.database().url
+
+    # -- public API ---------------------------------------------------------
+
+    def lookup(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        model: str | None = None,
+        *,
+        namespace: str | None = None,
+        threshold: float | None = None,
+        **params: Any,
+    ) -> CacheResult | None:
+        """The cached answer for a request, or ``None``; never calls the LLM."""
+        key, model, namespace = self._key(prompt_or_messages, model, namespace, params)
+        result, _, record = self._find(key, model, namespace, threshold)
+        self._ledger.record(record)
+        return result
+
+    def store(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        response: Any,
+        model: str | None = None,
+        ttl: Any = _UNSET,
+        tags: Iterable[str] | None = None,
+        *,
+        namespace: str | None = None,
+        source: str = "manual",
+        **params: Any,
+    ) -> int:
+        """Store an answer (text, dict or ``ChatCompletion``) for a request; return the entry id.
+
+        ``params`` are the request's generation parameters, so that a later
+        ``chat(..., **params)`` with the same values finds it. An existing entry
+        with the same exact key is replaced.
+        """
+        return self.store_many([(prompt_or_messages, response)], model, ttl, tags,
+                               namespace=namespace, source=source, **params)[0]
+
+    def store_many(
+        self,
+        items: Iterable[tuple[str | Sequence[Any], Any]],
+        model: str | None = None,
+        ttl: Any = _UNSET,
+        tags: Iterable[str] | None = None,
+        *,
+        namespace: str | None = None,
+        source: str = "warm",
+        **params: Any,
+    ) -> list[int]:
+        """Store many ``(prompt_or_messages, response)`` pairs with one embedding batch."""
+        if source not in SOURCES:
+            raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
+        tag_list = _check_tags(tags)
+        entries: list[store.NewEntry] = []
+        for prompt_or_messages, response in items:
+            key, model_name, ns = self._key(prompt_or_messages, model, namespace, params)
+            entries.append(self._entry(key, model_name, ns, completion_dict(response, model_name),
+                                       tag_list, source, lifetime))
+        if not entries:
+            return []
+        embeddable = [i for i, entry in enumerate(entries) if _embeddable(entry.prompt)]
+        if embeddable:
+            matrix = embed_texts(self.embedder, [entries[i].prompt for i in embeddable])
+            for i, vector in zip(embeddable, matrix):
+                entries[i].embedder, entries[i].embedding = self.embedder.name, vector
+        # Same lock order in every writer, so concurrent batches cannot deadlock.
+        order = sorted(range(len(entries)), key=lambda i: entries[i].exact_key)
+        with self.database().connection() as conn:
+            ids = store.insert_entries(conn, [entries[i] for i in order])
+        by_position = dict(zip(order, ids))
+        return [by_position[i] for i in range(len(entries))]
+
+    def chat(
+        self,
+        messages: str | Sequence[Any],
+        model: str | None = None,
+        *,
+        ttl: Any = _UNSET,
+        tags: Iterable[str] | None = None,
+        namespace: str | None = None,
+        threshold: float | None = None,
+        **params: Any,
+    ) -> CacheResult:
+        """Answer a chat request: exact hit, else semantic hit, else call the LLM and store its answer.
+
+        ``params`` are passed to ``chat.completions.create`` unchanged; those
+        that can change the answer are part of the cache key.
+        """
+        if params.get("stream"):
+            raise InvalidRequestError("chat() does not stream; call it without stream=True")
+        lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
+        tag_list = _check_tags(tags)
+        key, model, namespace = self._key(messages, model, namespace, params)
+        result, vector, record = self._find(key, model, namespace, threshold)
+        if result is not None:
+            self._ledger.record(record)
+            return result
+        sent = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+        try:
+            completion = self.llm.chat.completions.create(model=model, messages=sent, **params)
+        except Exception as exc:
+            record.error = f"llm: {type(exc).__name__}"
+            self._ledger.record(record)
+            raise
+        response = completion_dict(completion, model)
+        record.prompt_tokens, record.completion_tokens, _ = usage_of(response)
+        self._ledger.record(record)
+        entry_id = None
+        try:
+            entry = self._entry(key, model, namespace, response, tag_list, "llm", lifetime)
+            if vector is not None:
+                entry.embedder, entry.embedding = self.embedder.name, vector
+            with self.database().connection() as conn:
+                entry_id = store.insert_entries(conn, [entry])[0]
+        except PgcacheError as exc:
+            # The answer is paid for and correct; failing to cache it must not lose it.
+            _log.warning("pgcache: answer not stored: %s", exc)
+        return CacheResult(
+            content=content_of(response), status="miss", similarity=None, entry_id=entry_id,
+            response=response, model=model, namespace=namespace, lookup_id=record.id,
+        )
+
+    def query(self, prompt: str, model: str | None = None, **kwargs: Any) -> CacheResult:
+        """``chat`` for a single user message."""
+        if not isinstance(prompt, str):
+            raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
+        return self.chat([{"role": "user", "content": prompt}], model, **kwargs)
+
+    def flush(self) -> None:
+        """Write queued ledger rows and hit counts now."""
+        if self._ledger is not None:
+            self._ledger.flush()
+
+    def close(self) -> None:
+        """Flush the ledger and close the connection pool."""
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()
+                self._db = self._ledger = self._finalizer = None
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _key(self, prompt_or_messages, model, namespace, params) -> tuple[RequestKey, str, str]:
+        model = self.model if model is None else _check_name(model, "model")
+        namespace = self.namespace if namespace is None else _check_name(namespace, "namespace")
+        return request_key(prompt_or_messages, model=model, namespace=namespace, params=params), model, namespace
+
+    def _find(
+        self, key: RequestKey, model: str, namespace: str, threshold: float | None
+    ) -> tuple[CacheResult | None, np.ndarray | None, LookupRecord]:
+        """Exact tier, then semantic tier; returns the hit (or None), the query vector and its ledger row."""
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        started = time.perf_counter()
+        record = LookupRecord(
+            id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
+            outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0,
+        )
+        database = self.database()
+        with database.connection() as conn:
+            row = store.find_exact(conn, key.exact_key)
+        vector = None
+        status = "exact"
+        if row is None and _embeddable(key.prompt):
+            embedder = self.embedder
+            record.embedder, record.threshold = embedder.name, threshold
+            vector = embed_texts(embedder, [key.prompt])[0]
+            with database.connection() as conn:
+                row = store.find_nearest(conn, key.scope_key, embedder.name, vector)
+            if row is not None:
+                record.similarity = row.similarity
+                if row.similarity < threshold:
+                    row = None
+            status = "semantic"
+        record.latency_ms = (time.perf_counter() - started) * 1000
+        if row is None:
+            return None, vector, record
+        record.outcome, record.entry_id = status, row.id
+        record.prompt_tokens, record.completion_tokens = row.prompt_tokens, row.completion_tokens
+        result = CacheResult(
+            content=content_of(row.response), status=status,
+            similarity=row.similarity if status == "semantic" else None, entry_id=row.id,
+            response=row.response, model=model, namespace=namespace, lookup_id=record.id,
+        )
+        return result, vector, record
+
+    def _entry(self, key, model, namespace, response, tags, source, ttl) -> store.NewEntry:
+        """A row to insert, its JSON checked before any embedding is paid for."""
+        if key.prompt is not None:
+            check_text(key.prompt, "prompt")
+        prompt_tokens, completion_tokens, total_tokens = usage_of(response)
+        return store.NewEntry(
+            namespace=namespace, exact_key=key.exact_key, scope_key=key.scope_key, model=model,
+            prompt=key.prompt, request=storable_json(key.request, "request"),
+            response=storable_json(response, "response"),
+            tags=tags, source=source, ttl=ttl, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens, total_tokens=total_tokens,
+        )
+
+
+def _embeddable(prompt: str | None) -> bool:
+    return prompt is not None and bool(prompt.strip())
+
+
+def _shutdown(ledger: LedgerWriter | None, database: Database) -> None:
+    if ledger is not None:
+        ledger.close()
+    database.close()
+
+
+def _check_name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
+    check_text(value, what)
+    return value
+
+
+def _check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
+        raise ConfigurationError(f"threshold must be a cosine similarity in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_embedder(embedder: Any) -> None:
+    missing = [name for name in ("name", "dimensions", "embed") if not hasattr(embedder, name)]
+    if missing:
+        raise ConfigurationError(f"embedder {embedder!r} lacks {', '.join(missing)}")
+    if not isinstance(embedder.name, str) or not embedder.name:
+        raise ConfigurationError("embedder.name must be a non-empty string")
+    dims = embedder.dimensions
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= 1536:
+        raise ConfigurationError(f"embedder.dimensions must be an integer in 1..1536, got {dims!r}")
+
+
+def _check_tags(tags: Iterable[str] | None) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        raise InvalidRequestError("tags must be a list of strings, not a single string")
+    result = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise InvalidRequestError(f"every tag must be a non-empty string, got {tag!r}")
+        check_text(tag, "tag")
+        result.append(tag)
+    return result

@@ -1,0 +1,71 @@
+"""The connection pool behind a cache.
+
+Session settings travel in the startup packet (``options``), so a new
+connection needs no extra round trip before its first lookup; the pgvector
+types are registered once per connection so vectors move in binary form.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from .db import redact
+from .errors import DatabaseError
+
+_log = logging.getLogger(__name__)
+
+
+class Database:
+    """A psycopg connection pool with pgcache's session settings."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int = 10,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        options = " ".join(
+            [
+                f"-c statement_timeout={int(statement_timeout * 1000)}",
+                f"-c lock_timeout={int(statement_timeout * 1000)}",
+                # pgvector 0.8: keep scanning lists until enough rows pass the scope filter.
+                "-c ivfflat.iterative_scan=relaxed_order",
+            ]
+        )
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": max(1, int(connect_timeout)),
+                "application_name": "pgcache",
+                "options": options,
+            },
+            configure=register_vector,
+            timeout=connect_timeout,
+            name="pgcache",
+            open=True,
+        )
+
+    @contextmanager
+    def connection(self):
+        """Borrow a connection; driver errors come out as :class:`DatabaseError`."""
+        try:
+            with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise DatabaseError(f"no connection to the cache database {redact(self.url)}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cache database error: {exc}") from exc
+
+    def close(self) -> None:
+        self.pool.close()

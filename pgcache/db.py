@@ -1,0 +1,157 @@
+"""Database URLs, the embedded default, schema checks and migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from . import embedded
+from .errors import ConfigurationError, DatabaseError, PgcacheError, SchemaError
+
+VERSION_TABLE = "pgcache_alembic_version"
+# Serialises migrations when several processes start against a fresh database.
+MIGRATION_LOCK_ID = 0x70676361636865  # "pgcache"
+
+_log = logging.getLogger(__name__)
+_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
+
+
+def normalize_url(url: str) -> str:
+    """Return ``url`` as a libpq URL (``postgresql://…``), accepting ``postgres://`` too."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError("database URL must be a non-empty string")
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _SCHEMES:
+        shown = scheme if sep else url[:20]
+        raise ConfigurationError(
+            f"database URL must start with postgresql:// or postgres://, got {shown!r}"
+        )
+    try:
+        urlsplit(url).port  # noqa: B018 - raises on a malformed port
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed database URL: {exc}") from None
+    return "postgresql://" + rest
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form of a database URL (psycopg 3 driver)."""
+    return "postgresql+psycopg://" + normalize_url(url).partition("://")[2]
+
+
+def resolve_url(database_url: str | None = None, data_dir: Path | None = None) -> tuple[str, bool]:
+    """Return ``(url, embedded)``: the given URL, or the embedded server's when none is given."""
+    if database_url:
+        return normalize_url(database_url), False
+    return embedded.start(data_dir), True
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def migrations_dir() -> Path:
+    """Alembic scripts: shipped inside the wheel, or the checkout's top-level ``migrations/``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise SchemaError("pgcache's migration scripts are missing from this installation")
+
+
+def alembic_config(url: str):
+    """An Alembic ``Config`` for ``url`` that needs no ini file."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["pgcache_url"] = normalize_url(url)
+    return config
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of pgcache knows."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(migrations_dir()))
+    return script.get_current_head()
+
+
+def known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {rev.revision for rev in ScriptDirectory(str(migrations_dir())).walk_revisions()}
+
+
+def current_revision(url: str) -> str | None:
+    """The schema revision recorded in the database, or ``None`` when pgcache was never installed there."""
+    try:
+        with psycopg.connect(normalize_url(url), autocommit=True, connect_timeout=10) as conn:
+            if conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()[0] is None:
+                return None
+            row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+            return row[0] if row else None
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot read the schema version from {redact(url)}: {exc}") from exc
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Create or migrate the pgcache schema in the database at ``url``."""
+    from alembic import command
+
+    _run_alembic(command.upgrade, url, revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the schema down to ``revision`` (``base`` removes every pgcache table)."""
+    from alembic import command
+
+    _run_alembic(command.downgrade, url, revision)
+
+
+def _run_alembic(action, url: str, revision: str) -> None:
+    try:
+        action(alembic_config(url), revision)
+    except PgcacheError:
+        raise
+    except Exception as exc:
+        cause = getattr(exc, "orig", None) or exc
+        raise SchemaError(f"migration of {redact(url)} to {revision} failed: {cause}") from exc
+
+
+def check_schema(url: str, *, auto_upgrade: bool = False) -> None:
+    """Make sure the database holds the schema this version of pgcache expects.
+
+    With ``auto_upgrade`` a missing or old schema is migrated (the embedded
+    database does this); otherwise it raises :class:`SchemaError` naming
+    ``pgcache db upgrade``.
+    """
+    current = current_revision(url)
+    head = head_revision()
+    if current == head:
+        return
+    if current is not None and current not in known_revisions():
+        raise SchemaError(
+            f"the database schema is at revision {current}, newer than this version of pgcache "
+            f"knows (head {head}); upgrade pgcache"
+        )
+    if auto_upgrade:
+        _log.info("migrating the pgcache schema from %s to %s", current or "nothing", head)
+        upgrade(url)
+        return
+    if current is None:
+        raise SchemaError(
+            f"no pgcache schema in {redact(url)}: run `pgcache db upgrade` (or `alembic upgrade head`) first"
+        )
+    raise SchemaError(
+        f"the pgcache schema in {redact(url)} is at revision {current} but this version needs {head}: "
+        "run `pgcache db upgrade`"
+    )

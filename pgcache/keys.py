@@ -1,0 +1,185 @@
+"""Canonical requests and the two cache keys derived from them.
+
+* ``exact_key`` — SHA-256 of the canonical JSON of namespace, model, every
+  message and every parameter that can change the output. Two requests share it
+  exactly when the LLM would be asked the same thing.
+* ``scope_key`` — the same hash without the final user message. A semantic hit
+  is only ever looked for among entries of the same scope, so it never crosses
+  namespace, model, system prompt, earlier turns, tools or parameters.
+
+Canonical JSON sorts keys, drops ``None`` values and writes integral floats as
+integers (``temperature=1.0`` and ``temperature=1`` are the same request).
+Client settings (timeouts, headers, API keys, ``stream``) never enter a key or
+the stored request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidRequestError
+
+KEY_VERSION = 1
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+# Keyword arguments of ``chat.completions.create`` that change how a request is
+# sent or billed, not what the model answers.
+CLIENT_PARAMS = frozenset(
+    {
+        "stream",
+        "stream_options",
+        "timeout",
+        "extra_headers",
+        "extra_query",
+        "user",
+        "safety_identifier",
+        "prompt_cache_key",
+        "metadata",
+        "store",
+        "service_tier",
+        "api_key",
+        "organization",
+        "project",
+        "base_url",
+        "max_retries",
+        "default_headers",
+        "default_query",
+        "http_client",
+        "idempotency_key",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """Everything the cache derives from one request."""
+
+    exact_key: bytes
+    scope_key: bytes
+    prompt: str | None
+    """Text of the final user message; ``None`` when the request cannot be
+    matched semantically (last message not from the user, or not plain text)."""
+    request: dict[str, Any]
+    """The canonical request as stored: model, messages and output parameters."""
+
+
+def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[dict[str, Any]]:
+    """Return the chat messages for a prompt string or a list of messages.
+
+    Messages may be dicts or SDK objects with ``model_dump()``. Raises
+    :class:`InvalidRequestError` naming the first message that is malformed.
+    """
+    if isinstance(prompt_or_messages, str):
+        return [{"role": "user", "content": prompt_or_messages}]
+    if isinstance(prompt_or_messages, (bytes, Mapping)) or not isinstance(prompt_or_messages, Sequence):
+        raise InvalidRequestError(
+            f"messages must be a prompt string or a list of messages, got {type(prompt_or_messages).__name__}"
+        )
+    if not prompt_or_messages:
+        raise InvalidRequestError("messages must not be empty")
+    messages = []
+    for index, message in enumerate(prompt_or_messages):
+        if hasattr(message, "model_dump"):
+            message = message.model_dump(exclude_none=True)
+        if not isinstance(message, Mapping):
+            raise InvalidRequestError(f"messages[{index}] must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequestError(
+                f"messages[{index}] has role {role!r}; expected one of {', '.join(sorted(ROLES))}"
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequestError(
+                f"messages[{index}].content must be a string or a list of content parts, "
+                f"got {type(content).__name__}"
+            )
+        messages.append({k: v for k, v in message.items() if v is not None})
+    return messages
+
+
+def final_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """Text of the last message if it is a user message made only of text."""
+    last = messages[-1]
+    if last.get("role") != "user":
+        return None
+    content = last.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and content:
+        parts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                return None
+            parts.append(part["text"])
+        return "\n".join(parts)
+    return None
+
+
+def output_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that can change the answer: all but client settings and ``None``."""
+    return {k: v for k, v in params.items() if k not in CLIENT_PARAMS and v is not None}
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic compact JSON: sorted keys, no ``None`` in dicts, integral floats as ints."""
+    try:
+        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"request is not JSON-serialisable: {exc}") from None
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if hasattr(value, "model_dump"):
+        return _canonical(value.model_dump(exclude_none=True))
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _digest(payload: Mapping[str, Any]) -> bytes:
+    try:
+        data = canonical_json(payload).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError("request contains invalid Unicode (a lone surrogate)") from None
+    return hashlib.sha256(data).digest()
+
+
+def request_key(
+    prompt_or_messages: str | Sequence[Any],
+    *,
+    model: str,
+    namespace: str,
+    params: Mapping[str, Any] | None = None,
+) -> RequestKey:
+    """Derive the exact key, scope key, prompt and stored request for one request."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(f"model must be a non-empty string, got {model!r}")
+    if not isinstance(namespace, str) or not namespace:
+        raise InvalidRequestError(f"namespace must be a non-empty string, got {namespace!r}")
+    messages = normalize_messages(prompt_or_messages)
+    kept = output_params(params or {})
+    request = {"model": model, "messages": messages}
+    if kept:
+        request["params"] = kept
+    request = _canonical(request)
+    exact = _digest({"v": KEY_VERSION, "namespace": namespace, **request})
+    scope = _digest(
+        {"v": KEY_VERSION, "namespace": namespace, "model": model, "context": request["messages"][:-1],
+         "params": request.get("params", {})}
+    )
+    return RequestKey(exact_key=exact, scope_key=scope, prompt=final_user_text(messages), request=request)

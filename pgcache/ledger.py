@@ -1,0 +1,146 @@
+"""The lookup ledger writer.
+
+A lookup hands its ledger row and hit-counter increment to a background thread
+and returns; the thread writes them in batches with ``synchronous_commit =
+off``, so the caller never waits for a ledger write or a commit flush. The
+price: a crash can lose the last fraction of a second of ledger rows, never a
+cache entry. ``flush()`` writes everything queued so far (tests and scripts
+that read the ledger right away call it; ``Cache.close()`` does too).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import Counter
+from dataclasses import astuple, dataclass
+from datetime import datetime
+
+from .connections import Database
+
+_log = logging.getLogger(__name__)
+
+INSERT_LOOKUP = """
+INSERT INTO pgcache_lookups (
+    id, at, namespace, model, outcome, entry_id, embedder, similarity, threshold,
+    latency_ms, prompt_tokens, completion_tokens, error
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+"""
+
+# Ids are sorted so that concurrent writers lock rows in the same order.
+COUNT_HITS = """
+UPDATE pgcache_entries AS e
+SET hit_count = e.hit_count + h.n, last_hit_at = GREATEST(e.last_hit_at, h.at)
+FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::bigint[]) AS n, unnest(%s::timestamptz[]) AS at) AS h
+WHERE e.id = h.id
+"""
+
+
+@dataclass(slots=True)
+class LookupRecord:
+    """One row of ``pgcache_lookups``."""
+
+    id: uuid.UUID
+    at: datetime
+    namespace: str
+    model: str
+    outcome: str
+    entry_id: int | None
+    embedder: str | None
+    similarity: float | None
+    threshold: float | None
+    latency_ms: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    error: str | None = None
+
+
+class LedgerWriter:
+    """Batches ledger rows and hit counts onto a background thread."""
+
+    def __init__(self, database: Database, *, batch_size: int = 500, interval: float = 0.2) -> None:
+        self.database = database
+        self.batch_size = batch_size
+        self.interval = interval
+        self.dropped = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._failing = False
+
+    def record(self, row: LookupRecord) -> None:
+        if self._thread is None:
+            self._start()
+        self._queue.put(row)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Write everything recorded so far; False if that did not finish within ``timeout``."""
+        if self._thread is None:
+            return True
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self.flush(timeout)
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pgcache-ledger", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch: list[LookupRecord] = []
+            waiters: list[threading.Event] = []
+            stop = False
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    waiters.append(item)
+                else:
+                    batch.append(item)
+                if len(batch) >= self.batch_size:
+                    break
+                try:
+                    item = self._queue.get(timeout=0 if waiters or stop else self.interval)
+                except queue.Empty:
+                    break
+            if batch:
+                self._write(batch)
+            for waiter in waiters:
+                waiter.set()
+            if stop:
+                return
+
+    def _write(self, batch: list[LookupRecord]) -> None:
+        hits: Counter[int] = Counter()
+        last: dict[int, datetime] = {}
+        for row in batch:
+            if row.entry_id is not None and row.outcome in ("exact", "semantic"):
+                hits[row.entry_id] += 1
+                last[row.entry_id] = max(last.get(row.entry_id, row.at), row.at)
+        ids = sorted(hits)
+        try:
+            with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute("SET LOCAL synchronous_commit = off")
+                cur.executemany(INSERT_LOOKUP, [astuple(row) for row in batch])
+                if ids:
+                    cur.execute(COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
+        except Exception as exc:  # the ledger must never break lookups
+            self.dropped += len(batch)
+            if not self._failing:
+                _log.warning("pgcache: could not write %d ledger rows: %s", len(batch), exc)
+            self._failing = True
+        else:
+            if self._failing:
+                _log.info("pgcache: ledger writes recovered")
+            self._failing = False

@@ -1,0 +1,109 @@
+"""SQLAlchemy models of the pgcache schema.
+
+These declare the schema that the Alembic migrations build; a test checks that
+the two agree. The lookup hot path does not go through the ORM (see
+``store.py``); the models serve migrations, tests and ad-hoc scripts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Text,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+EMBEDDING_DIMENSIONS = 1536
+
+NAMING_CONVENTION = {
+    "ix": "%(table_name)s_%(column_0_name)s_idx",
+    "uq": "%(table_name)s_%(column_0_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "pk": "%(table_name)s_pkey",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Entry(Base):
+    """One cached answer: the exact tier's row and, when it has an embedding, the semantic tier's."""
+
+    __tablename__ = "pgcache_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    namespace: Mapped[str] = mapped_column(Text, nullable=False)
+    exact_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False, unique=True)
+    scope_key: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    embedder: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    request: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    response: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    embedding = mapped_column(Vector(EMBEDDING_DIMENSIONS))
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]"))
+    source: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'llm'"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    hit_count: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default=text("0"))
+    last_hit_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    total_tokens: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        CheckConstraint("source IN ('llm', 'warm', 'manual')", name="source"),
+        CheckConstraint("(embedding IS NULL) = (embedder IS NULL)", name="embedder"),
+        Index("pgcache_entries_expires_at_idx", "expires_at"),
+        Index("pgcache_entries_scope_idx", "scope_key", "embedder"),
+        Index(
+            "pgcache_entries_embedding_idx",
+            "embedding",
+            postgresql_using="ivfflat",
+            postgresql_with={"lists": 1},
+            postgresql_ops={"embedding": "vector_cosine_ops"},
+        ),
+    )
+
+
+class Lookup(Base):
+    """The lookup ledger: one append-only row per cache lookup."""
+
+    __tablename__ = "pgcache_lookups"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    namespace: Mapped[str] = mapped_column(Text, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    embedder: Mapped[str | None] = mapped_column(Text)
+    similarity: Mapped[float | None] = mapped_column(Double)
+    threshold: Mapped[float | None] = mapped_column(Double)
+    latency_ms: Mapped[float] = mapped_column(Double, nullable=False)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),
+        Index("pgcache_lookups_at_idx", "at"),
+        Index("pgcache_lookups_namespace_at_idx", "namespace", "at"),
+    )

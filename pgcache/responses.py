@@ -1,0 +1,88 @@
+"""Chat completion responses as the cache stores them: plain JSON dicts."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidRequestError
+
+# A JSON \u0000 escape, not preceded by an escaped backslash.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def completion_dict(response: Any, model: str) -> dict[str, Any]:
+    """A chat completion dict from answer text, a dict, or an SDK ``ChatCompletion``.
+
+    Answer text becomes a one-choice completion of ``model``. Anything else must
+    carry at least one choice with a message, or nothing could be served later.
+    """
+    if isinstance(response, str):
+        return {
+            "id": f"pgcache-{uuid.uuid4().hex}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": response},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    if hasattr(response, "model_dump"):
+        response = response.model_dump(mode="json", exclude_unset=True)
+    if not isinstance(response, Mapping):
+        raise InvalidRequestError(
+            f"response must be answer text, a dict or a ChatCompletion, got {type(response).__name__}"
+        )
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise InvalidRequestError("response has no choices; nothing was stored")
+    for index, choice in enumerate(choices):
+        if not isinstance(choice, Mapping) or not isinstance(choice.get("message"), Mapping):
+            raise InvalidRequestError(f"response choices[{index}] has no message; nothing was stored")
+    return dict(response)
+
+
+def content_of(response: Mapping[str, Any]) -> str:
+    """Text of the first choice ('' for a tool-call-only answer)."""
+    content = response["choices"][0]["message"].get("content")
+    return content if isinstance(content, str) else ""
+
+
+def usage_of(response: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
+    usage = response.get("usage")
+    if not isinstance(usage, Mapping):
+        return None, None, None
+
+    def count(name: str) -> int | None:
+        value = usage.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    return count("prompt_tokens"), count("completion_tokens"), count("total_tokens")
+
+
+def storable_json(value: Any, what: str) -> str:
+    """JSON text that PostgreSQL's jsonb accepts, or :class:`InvalidRequestError` naming ``what``."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{what} is not JSON-serialisable: {exc}") from None
+    check_text(text, what)
+    return text
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that PostgreSQL cannot store: NUL characters and invalid Unicode."""
+    if "\x00" in text or _JSON_NUL.search(text):
+        raise InvalidRequestError(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{what} contains invalid Unicode (a lone surrogate)") from None

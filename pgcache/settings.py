@@ -1,0 +1,79 @@
+"""Settings read from ``PGCACHE_*`` environment variables.
+
+This is the only module that reads the environment; the library itself takes
+explicit arguments. ``Cache.from_env()`` and the CLI build on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .durations import parse_ttl
+from .errors import ConfigurationError
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_EMBEDDING_MODEL = "text-embedding-3-small"
+EMBEDDERS = ("openai", "local")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """pgcache configuration; every field maps to one ``PGCACHE_*`` variable."""
+
+    database_url: str | None = None
+    data_dir: Path | None = None
+    embedder: str = "openai"
+    embedding_model: str | None = None
+    model: str = DEFAULT_MODEL
+    namespace: str = DEFAULT_NAMESPACE
+    ttl: float | None = None
+    threshold: float | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default: ``os.environ``); empty values count as unset."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(f"PGCACHE_{name}", "").strip()
+            return value or None
+
+        embedder = (get("EMBEDDER") or "openai").lower()
+        if embedder not in EMBEDDERS:
+            raise ConfigurationError(f"PGCACHE_EMBEDDER must be one of {', '.join(EMBEDDERS)}, got {embedder!r}")
+        data_dir = get("DATA_DIR")
+        return cls(
+            database_url=get("DATABASE_URL"),
+            data_dir=Path(data_dir).expanduser() if data_dir else None,
+            embedder=embedder,
+            embedding_model=get("EMBEDDING_MODEL"),
+            model=get("MODEL") or DEFAULT_MODEL,
+            namespace=get("NAMESPACE") or DEFAULT_NAMESPACE,
+            ttl=parse_ttl(get("TTL"), name="PGCACHE_TTL"),
+            threshold=_threshold(get("THRESHOLD")),
+        )
+
+    def make_embedder(self, client=None):
+        """Build the configured embedder (``client`` is shared with OpenAI embeddings)."""
+        from .embedders import LocalEmbedder, OpenAIEmbedder
+
+        if self.embedder == "local":
+            return LocalEmbedder(self.embedding_model) if self.embedding_model else LocalEmbedder()
+        return OpenAIEmbedder(client=client, model=self.embedding_model or DEFAULT_EMBEDDING_MODEL)
+
+
+def _threshold(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not 0.0 < number <= 1.0:
+        raise ConfigurationError(f"PGCACHE_THRESHOLD must be a cosine similarity in (0, 1], got {value!r}")
+    return number

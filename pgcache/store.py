@@ -1,0 +1,138 @@
+"""SQL of the cache's hot paths, straight on psycopg (no ORM on lookups).
+
+Every statement filters out expired rows itself, so nothing expired is ever
+served whether or not a sweep has run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+FIND_EXACT = f"""
+SELECT id, response, prompt_tokens, completion_tokens
+FROM pgcache_entries
+WHERE exact_key = %s AND {_LIVE}
+"""
+
+# The inner ORDER BY ... LIMIT is what the ivfflat index serves; with relaxed
+# iterative scans its rows may come slightly out of order, so they are re-sorted.
+FIND_NEAREST = f"""
+WITH candidates AS MATERIALIZED (
+    SELECT id, response, prompt_tokens, completion_tokens, embedding <=> %(q)s AS distance
+    FROM pgcache_entries
+    WHERE scope_key = %(scope)s AND embedder = %(embedder)s AND {_LIVE}
+    ORDER BY embedding <=> %(q)s
+    LIMIT %(k)s
+)
+SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity
+FROM candidates ORDER BY distance LIMIT 1
+"""
+
+INSERT_ENTRY = """
+INSERT INTO pgcache_entries AS e (
+    namespace, exact_key, scope_key, model, embedder, prompt, request, response, embedding,
+    tags, source, expires_at, prompt_tokens, completion_tokens, total_tokens
+) VALUES (
+    %(namespace)s, %(exact_key)s, %(scope_key)s, %(model)s, %(embedder)s, %(prompt)s,
+    %(request)s::jsonb, %(response)s::jsonb, %(embedding)s, %(tags)s, %(source)s,
+    now() + %(ttl)s * interval '1 second', %(prompt_tokens)s, %(completion_tokens)s, %(total_tokens)s
+)
+ON CONFLICT (exact_key) DO UPDATE SET
+    response = EXCLUDED.response, request = EXCLUDED.request, prompt = EXCLUDED.prompt,
+    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, tags = EXCLUDED.tags,
+    source = EXCLUDED.source, created_at = now(), expires_at = EXCLUDED.expires_at,
+    prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
+    total_tokens = EXCLUDED.total_tokens
+RETURNING id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """An entry as a lookup returns it."""
+
+    id: int
+    response: dict[str, Any]
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    similarity: float | None = None
+
+
+@dataclass(slots=True)
+class NewEntry:
+    """An entry to insert; ``request`` and ``response`` are JSON text."""
+
+    namespace: str
+    exact_key: bytes
+    scope_key: bytes
+    model: str
+    prompt: str | None
+    request: str
+    response: str
+    embedder: str | None = None
+    embedding: np.ndarray | None = None
+    tags: Sequence[str] = ()
+    source: str = "llm"
+    ttl: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+def find_exact(conn: psycopg.Connection, exact_key: bytes) -> Row | None:
+    row = conn.execute(FIND_EXACT, (exact_key,)).fetchone()
+    return Row(*row) if row else None
+
+
+def find_nearest(
+    conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray, k: int = 4
+) -> Row | None:
+    """The most similar live entry in the scope, whatever its similarity."""
+    row = conn.execute(
+        FIND_NEAREST, {"q": vector, "scope": scope_key, "embedder": embedder, "k": k}, binary=True
+    ).fetchone()
+    return Row(*row) if row else None
+
+
+def insert_entries(conn: psycopg.Connection, entries: Sequence[NewEntry]) -> list[int]:
+    """Insert or refresh entries (same exact key: the newer answer wins); return their ids."""
+    params = [_params(entry) for entry in entries]
+    ids: list[int] = []
+    with conn.transaction(), conn.cursor() as cur:
+        if len(params) == 1:
+            cur.execute(INSERT_ENTRY, params[0])
+            ids.append(cur.fetchone()[0])
+        else:
+            cur.executemany(INSERT_ENTRY, params, returning=True)
+            while True:
+                ids.append(cur.fetchone()[0])
+                if not cur.nextset():
+                    break
+    return ids
+
+
+def _params(entry: NewEntry) -> dict[str, Any]:
+    return {
+        "namespace": entry.namespace,
+        "exact_key": entry.exact_key,
+        "scope_key": entry.scope_key,
+        "model": entry.model,
+        "embedder": entry.embedder if entry.embedding is not None else None,
+        "prompt": entry.prompt,
+        "request": entry.request,
+        "response": entry.response,
+        "embedding": entry.embedding,
+        "tags": list(entry.tags),
+        "source": entry.source,
+        "ttl": entry.ttl,
+        "prompt_tokens": entry.prompt_tokens,
+        "completion_tokens": entry.completion_tokens,
+        "total_tokens": entry.total_tokens,
+    }

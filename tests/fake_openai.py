@@ -1,0 +1,137 @@
+"""A fake OpenAI-compatible HTTP server on 127.0.0.1 for tests.
+
+It serves ``/v1/chat/completions`` and ``/v1/embeddings`` well enough for the
+real ``openai`` SDK, counts every call, and makes embeddings whose geometry
+tests can control: texts that mention the same topic phrase land close
+together (cosine similarity about 0.96), all other texts are nearly orthogonal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+DEFAULT_TOPICS = ("buffer overflow", "sql injection")
+
+
+def _unit(seed_text: str, dimensions: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(seed_text.encode("utf-8", "surrogatepass")).digest()[:8], "little")
+    vector = np.random.default_rng(seed).standard_normal(dimensions)
+    return vector / np.linalg.norm(vector)
+
+
+def fake_embedding(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> list[float]:
+    """Unit vector for ``text``: its topic's direction plus text-specific noise of norm ``noise``."""
+    lowered = text.lower()
+    topic = next((t for t in topics if t in lowered), None)
+    if topic is None:
+        return _unit("text:" + text, dimensions).tolist()
+    vector = _unit("topic:" + topic, dimensions) + noise * _unit("text:" + text, dimensions)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+class FakeOpenAI:
+    """The server and its counters; ``base_url`` is what an ``openai.OpenAI`` client needs."""
+
+    def __init__(self) -> None:
+        self.topics = list(DEFAULT_TOPICS)
+        self.lock = threading.Lock()
+        self.reset()
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-openai", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}/v1"
+
+    def start(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls = {"chat": 0, "embeddings": 0}
+            self.embedded_texts: list[str] = []
+            self.chat_requests: list[dict] = []
+            self.headers: list[dict] = []
+            self.fail_chat = None  # an HTTP status to answer chat calls with
+
+    def chat(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.calls["chat"] += 1
+            number = self.calls["chat"]
+            self.chat_requests.append(body)
+            fail = self.fail_chat
+        if fail:
+            return fail, {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
+        last = body["messages"][-1].get("content")
+        content = f"answer #{number} to: {last}"
+        words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        return 200, {
+            "id": f"chatcmpl-fake-{number}",
+            "object": "chat.completion",
+            "created": 1_700_000_000 + number,
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": content, "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": words, "completion_tokens": len(content.split()),
+                      "total_tokens": words + len(content.split())},
+        }
+
+    def embeddings(self, body: dict) -> tuple[int, dict]:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        dimensions = body.get("dimensions") or 1536
+        with self.lock:
+            self.calls["embeddings"] += 1
+            self.embedded_texts.extend(texts)
+            topics = tuple(self.topics)
+        data = [
+            {"object": "embedding", "index": i, "embedding": fake_embedding(t, topics, dimensions)}
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(len(t.split()) for t in texts)
+        return 200, {"object": "list", "data": data, "model": body["model"],
+                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        length = int(self.headers.get("Content-Length", 0))
+        body = json.loads(self.rfile.read(length) or b"{}")
+        with self.fake.lock:
+            self.fake.headers.append(dict(self.headers))
+        if self.path.endswith("/chat/completions"):
+            status, payload = self.fake.chat(body)
+        elif self.path.endswith("/embeddings"):
+            status, payload = self.fake.embeddings(body)
+        else:
+            status, payload = 404, {"error": {"message": f"no route {self.path}"}}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
+        pass

@@ -1,0 +1,57 @@
+"""Settings from PGCACHE_* variables and Cache.from_env()."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pgcache import Cache, ConfigurationError, Settings
+from pgcache.embedders import LocalEmbedder, OpenAIEmbedder
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings == Settings()
+    assert (settings.model, settings.namespace, settings.embedder, settings.ttl) == ("gpt-4o-mini", "default", "openai", None)
+
+
+def test_every_variable_is_read():
+    settings = Settings.from_env({
+        "PGCACHE_DATABASE_URL": "postgres://u@h/d", "PGCACHE_DATA_DIR": "/tmp/x", "PGCACHE_EMBEDDER": "local",
+        "PGCACHE_EMBEDDING_MODEL": "m", "PGCACHE_MODEL": "gpt-4o", "PGCACHE_NAMESPACE": "ns",
+        "PGCACHE_TTL": "7d", "PGCACHE_THRESHOLD": "0.85",
+    })
+    assert settings == Settings("postgres://u@h/d", Path("/tmp/x"), "local", "m", "gpt-4o", "ns", 604800, 0.85)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("PGCACHE_EMBEDDER", "bert"), ("PGCACHE_TTL", "eventually"), ("PGCACHE_THRESHOLD", "1.5"),
+    ("PGCACHE_THRESHOLD", "high"),
+])
+def test_bad_values_name_the_variable(name, value):
+    with pytest.raises(ConfigurationError, match=name):
+        Settings.from_env({name: value})
+
+
+def test_from_env_builds_the_configured_cache(llm):
+    cache = Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d", "PGCACHE_NAMESPACE": "ns",
+                            "PGCACHE_TTL": "1h"}, llm=llm)
+    assert (cache.database_url, cache.namespace, cache.ttl) == ("postgresql://u@h/d", "ns", 3600)
+    assert isinstance(cache.embedder, OpenAIEmbedder) and cache.embedder.client is llm
+    assert cache.threshold == 0.92
+    local = Cache.from_env({"PGCACHE_EMBEDDER": "local", "PGCACHE_DATABASE_URL": "postgres://u@h/d"})
+    assert isinstance(local.embedder, LocalEmbedder) and local.threshold == LocalEmbedder.default_threshold
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"database_url": "mysql://x"}, "postgresql://"),
+    ({"database_url": "postgresql://h:notaport/d"}, "malformed"),
+    ({"threshold": 0}, "threshold"),
+    ({"ttl": -1}, "ttl"),
+    ({"namespace": ""}, "namespace"),
+    ({"pool_size": 0}, "pool_size"),
+])
+def test_cache_arguments_are_validated(kwargs, message):
+    with pytest.raises(ConfigurationError, match=message):
+        Cache(**kwargs)
