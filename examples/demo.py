@@ -1,0 +1,70 @@
+"""pgcache demo: warm the cache from examples/faqs.tsv, then ask questions.
+
+Runs offline: the embedded PostgreSQL and the bundled all-MiniLM-L6-v2 model,
+no API key and no LLM call. Set PGCACHE_DATABASE_URL to use your own server.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pgcache import Cache, db
+from pgcache.embedders import LocalEmbedder
+
+FAQ_FILE = Path(__file__).with_name("faqs.tsv")
+
+QUESTIONS = [
+    "How do I reset my password?",                # word for word: exact tier
+    "I forgot my password, how can I reset it?",  # paraphrases: semantic tier
+    "I want to cancel my subscription",
+    "Do you offer international shipping?",
+    "How do I get a refund?",
+    "What payment methods do you accept?",
+    "How do I change my email address?",
+    "Do you have a mobile app?",                  # exact again
+    "Can I pay with PayPal?",                     # related but not the same question: miss
+    "What is the boiling point of water?",        # unrelated: miss
+]
+
+
+def read_faqs(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            question, answer = line.split("\t", 1)
+            pairs.append((question.strip(), answer.strip()))
+    return pairs
+
+
+def main() -> None:
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    cache = Cache.from_env(embedder=LocalEmbedder(), namespace="demo")
+    print(f"database: {db.redact(cache.url)}")
+    print(f"embedder: {cache.embedder.name}, semantic threshold (cosine similarity) {cache.threshold}")
+    faqs = read_faqs(FAQ_FILE)
+    cache.store_many(faqs, tags=["demo"], source="warm")
+    print(f"warmed {len(faqs)} FAQ answers from {FAQ_FILE.name}\n")
+
+    counts: Counter[str] = Counter()
+    print(f"{'status':<9} {'similarity':>10}  question -> answer")
+    for question in QUESTIONS:
+        hit = cache.lookup(question)
+        status = hit.status if hit else "miss"
+        counts[status] += 1
+        similarity = f"{hit.similarity:.3f}" if hit and hit.similarity is not None else "-"
+        answer = _shorten(hit.content) if hit else "(no cached answer: this would go to the LLM)"
+        print(f"{status:<9} {similarity:>10}  {question}\n{'':21}-> {answer}")
+    cache.close()
+    print(f"\nsummary: {len(QUESTIONS)} questions, {counts['exact']} exact hits, "
+          f"{counts['semantic']} semantic hits, {counts['miss']} misses; no API key used")
+
+
+def _shorten(text: str, width: int = 64) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+if __name__ == "__main__":
+    main()

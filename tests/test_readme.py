@@ -1,0 +1,50 @@
+"""The README's quick start runs as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pgcache import embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quick_start() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quick start", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_quick_start_runs_verbatim(tmp_path, local_embedder):
+    # The default data directory lives under XDG_DATA_HOME; keep this run's server private.
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    env.pop("PGCACHE_DATABASE_URL", None)
+    try:
+        done = subprocess.run([sys.executable, "-c", quick_start()], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        embedded.stop(tmp_path / "pgcache" / "postgres")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "exact"
+    assert re.fullmatch(r"semantic 0\.9\d Click 'Forgot password' on the sign-in page\.", lines[1])
+    assert lines[2] == "None"
+
+
+def test_demo_shows_exact_and_semantic_hits_without_an_api_key(tmp_path, local_embedder):
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    for name in ("PGCACHE_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        embedded.stop(tmp_path / "pgcache" / "postgres")
+    assert done.returncode == 0, done.stderr
+    assert "warmed 12 FAQ answers" in done.stdout
+    summary = done.stdout.strip().splitlines()[-1]
+    assert summary == "summary: 10 questions, 2 exact hits, 6 semantic hits, 2 misses; no API key used"
