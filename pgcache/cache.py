@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import db, store
+from . import db, maintenance, store
 from .connections import Database
 from .durations import parse_ttl
 from .embedders import OpenAIEmbedder, embed_texts, threshold_for
@@ -246,27 +246,28 @@ class Cache:
             self._ledger.record(record)
             return result
         sent = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+        llm_started = time.perf_counter()
         try:
             completion = self.llm.chat.completions.create(model=model, messages=sent, **params)
         except Exception as exc:
             record.error = f"llm: {type(exc).__name__}"
             self._ledger.record(record)
             raise
+        record.llm_ms = (time.perf_counter() - llm_started) * 1000
         response = completion_dict(completion, model)
         record.prompt_tokens, record.completion_tokens, _ = usage_of(response)
-        self._ledger.record(record)
-        entry_id = None
         try:
             entry = self._entry(key, model, namespace, response, tag_list, "llm", lifetime)
             if vector is not None:
                 entry.embedder, entry.embedding = self.embedder.name, vector
             with self.database().connection() as conn:
-                entry_id = store.insert_entries(conn, [entry])[0]
+                record.entry_id = store.insert_entries(conn, [entry])[0]
         except PgcacheError as exc:
             # The answer is paid for and correct; failing to cache it must not lose it.
             _log.warning("pgcache: answer not stored: %s", exc)
+        self._ledger.record(record)
         return CacheResult(
-            content=content_of(response), status="miss", similarity=None, entry_id=entry_id,
+            content=content_of(response), status="miss", similarity=None, entry_id=record.entry_id,
             response=response, model=model, namespace=namespace, lookup_id=record.id,
         )
 
@@ -275,6 +276,65 @@ class Cache:
         if not isinstance(prompt, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
         return self.chat([{"role": "user", "content": prompt}], model, **kwargs)
+
+    # -- maintenance ----------------------------------------------------------
+
+    def sweep(self, **options: Any) -> maintenance.SweepResult:
+        """Delete expired entries and old ledger rows in batches (see :func:`pgcache.maintenance.sweep`)."""
+        return maintenance.sweep(self.database(), **options)
+
+    def invalidate(self, *, yes: bool = False, **filters: Any) -> int:
+        """Delete the entries every given filter matches; return how many.
+
+        Filters: ``prompt``, ``similar_to`` (text) with ``min_similarity``
+        (default: the cache's threshold), ``tags``, ``model``, ``older_than``
+        (a duration), ``source``, ``key`` (hex exact key), ``all=True``, and
+        ``namespace`` (default: the cache's). Deleting every entry of a
+        namespace needs ``yes=True``.
+        """
+        return maintenance.invalidate(self.database(), self._filters(**filters), yes=yes)
+
+    def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
+        """What ``invalidate`` with the same filters would delete: the count and a sample."""
+        return maintenance.preview_invalidation(self.database(), self._filters(**filters), limit)
+
+    def reindex(self, **options: Any) -> maintenance.ReindexResult:
+        """Retrain the ivfflat index for the current row count (``lists`` ≈ rows / 1000)."""
+        return maintenance.reindex(self.database(), **options)
+
+    def index_status(self) -> maintenance.IndexStatus:
+        return maintenance.index_status(self.database())
+
+    def _filters(self, *, namespace: str | None = None, prompt: str | None = None, similar_to: str | None = None,
+                 min_similarity: float | None = None, tags: Iterable[str] | None = None, model: str | None = None,
+                 older_than: Any = None, source: str | None = None, key: str | None = None,
+                 all: bool = False) -> maintenance.Filters:  # noqa: A002 - mirrors the CLI's --all
+        filters = maintenance.Filters(
+            namespace=self.namespace if namespace is None else _check_name(namespace, "namespace"),
+            prompt=prompt, model=model, tags=_check_tags(tags), everything=all,
+        )
+        if source is not None:
+            if source not in SOURCES:
+                raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+            filters.source = source
+        if older_than is not None:
+            filters.older_than_seconds = parse_ttl(older_than, name="older_than")
+            if filters.older_than_seconds is None:
+                raise InvalidRequestError("older_than must be a duration such as 30m, 12h or 7d")
+        if key is not None:
+            try:
+                filters.key = bytes.fromhex(key)
+            except ValueError:
+                filters.key = b""
+            if len(filters.key) != 32:
+                raise InvalidRequestError(f"key must be 64 hexadecimal characters (a SHA-256), got {key!r}")
+        if similar_to is not None:
+            filters.min_similarity = self.threshold if min_similarity is None else _check_threshold(min_similarity)
+            filters.embedder = self.embedder.name
+            filters.similar_to = embed_texts(self.embedder, [similar_to])[0]
+        elif min_similarity is not None:
+            raise InvalidRequestError("min_similarity only applies together with similar_to")
+        return filters
 
     def flush(self) -> None:
         """Write queued ledger rows and hit counts now."""
@@ -323,7 +383,7 @@ class Cache:
             with database.connection() as conn:
                 row = store.find_nearest(conn, key.scope_key, embedder.name, vector)
             if row is not None:
-                record.similarity = row.similarity
+                record.similarity, record.candidate_id = row.similarity, row.id
                 if row.similarity < threshold:
                     row = None
             status = "semantic"

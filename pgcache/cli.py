@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import db, embedded
+from .cache import Cache
+from .durations import parse_ttl
 from .errors import PgcacheError
 from .settings import Settings
 
@@ -30,6 +32,17 @@ DataDir = Annotated[
     Optional[Path],
     typer.Option("--data-dir", help="Data directory of the embedded database (default: PGCACHE_DATA_DIR or per user)."),
 ]
+
+
+Namespace = Annotated[
+    Optional[str], typer.Option("--namespace", "-n", help="Namespace (default: PGCACHE_NAMESPACE or 'default').")
+]
+
+
+def _cache(database_url: str | None, data_dir: Path | None = None, namespace: str | None = None) -> Cache:
+    overrides = {key: value for key, value in
+                 (("database_url", database_url), ("data_dir", data_dir), ("namespace", namespace)) if value}
+    return Cache.from_env(**overrides)
 
 
 def _settings(database_url: str | None, data_dir: Path | None) -> tuple[str | None, Path | None]:
@@ -101,6 +114,92 @@ def db_stop(data_dir: DataDir = None) -> None:
     data = _settings(None, data_dir)[1]
     stopped = embedded.stop(data)
     typer.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+
+
+@app.command()
+def sweep(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    batch_size: Annotated[int, typer.Option(help="Rows deleted per transaction.")] = 10_000,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Stop after this long; the next run goes on.")] = None,
+    ledger_retention: Annotated[str, typer.Option(help="Delete ledger rows older than this (e.g. 90d).")] = "90d",
+    max_entries: Annotated[Optional[int], typer.Option(
+        help="Evict least recently hit entries beyond this many (default: PGCACHE_MAX_ENTRIES).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+) -> None:
+    """Delete expired entries and old ledger rows, in batches, without blocking lookups.
+
+    Safe from cron every minute: a sweep that finds another one running exits at once.
+
+    Example: pgcache sweep --max-seconds 50
+    """
+    retention = parse_ttl(ledger_retention, name="--ledger-retention")
+    if retention is None:
+        raise PgcacheError("--ledger-retention must be a duration such as 90d")
+    if max_entries is None:
+        max_entries = Settings.from_env().max_entries
+    with _cache(database_url, data_dir) as cache:
+        result = cache.sweep(batch_size=batch_size, max_seconds=max_seconds, ledger_retention_days=retention / 86400,
+                             max_entries=max_entries, dry_run=dry_run)
+    if result.skipped:
+        typer.echo("another sweep is running; nothing done")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {result.expired} expired entries, {result.evicted} entries over capacity, "
+               f"{result.lookups} old ledger rows in {result.seconds:.2f}s"
+               + ("" if result.complete else " (time limit reached; run again to finish)"))
+
+
+@app.command()
+def invalidate(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    namespace: Namespace = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Entries whose final user message is exactly this.")] = None,
+    similar_to: Annotated[Optional[str], typer.Option(help="Entries that would hit for this text.")] = None,
+    min_similarity: Annotated[Optional[float], typer.Option(
+        help="Cosine similarity for --similar-to (default: the semantic threshold).")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="Entries carrying this tag (repeatable: all of them).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Entries of this chat model.")] = None,
+    older_than: Annotated[Optional[str], typer.Option(help="Entries stored longer ago than this (e.g. 7d).")] = None,
+    source: Annotated[Optional[str], typer.Option(help="warm, llm or manual.")] = None,
+    key: Annotated[Optional[str], typer.Option(help="The entry with this exact key (hex).")] = None,
+    all_entries: Annotated[bool, typer.Option("--all", help="Every entry of the namespace.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the count and a sample; delete nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting every entry of the namespace.")] = False,
+) -> None:
+    """Delete cached entries; filters combine with AND.
+
+    Example: pgcache invalidate --tag pricing --older-than 7d --dry-run
+    """
+    filters = dict(namespace=namespace, prompt=prompt, similar_to=similar_to, min_similarity=min_similarity,
+                   tags=tag, model=model, older_than=older_than, source=source, key=key, all=all_entries)
+    with _cache(database_url, data_dir, namespace) as cache:
+        if dry_run:
+            count, sample = cache.preview_invalidation(**filters)
+            typer.echo(f"would delete {count} entries")
+            for row in sample:
+                typer.echo(f"  #{row['id']} [{row['source']}, {row['model']}] {row['prompt']!r}")
+            return
+        count = cache.invalidate(yes=yes, **filters)
+    typer.echo(f"deleted {count} entries")
+
+
+@app.command()
+def reindex(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    lists: Annotated[Optional[int], typer.Option(help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")] = None,
+    maintenance_work_mem: Annotated[str, typer.Option(help="Memory for the index build.")] = "512MB",
+) -> None:
+    """Retrain the ivfflat index for the current number of entries, concurrently.
+
+    Example: pgcache reindex
+    """
+    with _cache(database_url, data_dir) as cache:
+        result = cache.reindex(lists=lists, maintenance_work_mem=maintenance_work_mem)
+    typer.echo(f"before: {result.before.rows} rows, {result.before.lists} lists\n"
+               f"after:  {result.after.rows} rows, {result.after.lists} lists ({result.seconds:.2f}s)")
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ _log = logging.getLogger(__name__)
 INSERT_LOOKUP = """
 INSERT INTO pgcache_lookups (
     id, at, namespace, model, outcome, entry_id, embedder, similarity, threshold,
-    latency_ms, prompt_tokens, completion_tokens, error
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    latency_ms, prompt_tokens, completion_tokens, error, candidate_id, llm_ms
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 # Ids are sorted so that concurrent writers lock rows in the same order.
@@ -55,6 +55,8 @@ class LookupRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    candidate_id: int | None = None
+    llm_ms: float | None = None
 
 
 class LedgerWriter:

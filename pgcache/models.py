@@ -101,6 +101,8 @@ class Lookup(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+    candidate_id: Mapped[int | None] = mapped_column(BigInteger)
+    llm_ms: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),

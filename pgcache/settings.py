@@ -33,6 +33,7 @@ class Settings:
     namespace: str = DEFAULT_NAMESPACE
     ttl: float | None = None
     threshold: float | None = None
+    max_entries: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -56,6 +57,7 @@ class Settings:
             namespace=get("NAMESPACE") or DEFAULT_NAMESPACE,
             ttl=parse_ttl(get("TTL"), name="PGCACHE_TTL"),
             threshold=_threshold(get("THRESHOLD")),
+            max_entries=_count(get("MAX_ENTRIES"), "PGCACHE_MAX_ENTRIES"),
         )
 
     def make_embedder(self, client=None):
@@ -77,3 +79,11 @@ def _threshold(value: str | None) -> float | None:
     if not 0.0 < number <= 1.0:
         raise ConfigurationError(f"PGCACHE_THRESHOLD must be a cosine similarity in (0, 1], got {value!r}")
     return number
+
+
+def _count(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)

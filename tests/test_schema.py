@@ -130,3 +130,10 @@ class _Embedder:
 
     def embed(self, texts):
         return [[1.0, 0.0] for _ in texts]
+
+
+def test_old_schema_names_the_upgrade_command(database_url, llm):
+    db.downgrade(database_url, "0001")
+    cache = Cache(database_url, embedder=_Embedder(), llm=llm)
+    with pytest.raises(SchemaError, match=r"at revision 0001 but this version needs \w+: run `pgcache db upgrade`"):
+        cache.lookup("anything")

@@ -1,0 +1,262 @@
+"""Sweeping, invalidation and the ivfflat index's lifecycle."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from psycopg import sql
+
+from .connections import Database
+from .errors import InvalidRequestError
+
+INDEX_NAME = "pgcache_entries_embedding_idx"
+SWEEP_LOCK_ID = 0x70676373776565  # "pgcswee"
+# Below this many vectors an exact scan is fast, so the single-list index is kept.
+REINDEX_MIN_ROWS = 10_000
+
+_LIVE = "(expires_at IS NULL OR expires_at > now())"
+
+
+@dataclass
+class SweepResult:
+    """What a sweep deleted (or, with ``dry_run``, would delete)."""
+
+    expired: int = 0
+    evicted: int = 0
+    lookups: int = 0
+    seconds: float = 0.0
+    skipped: bool = False
+    """True when another sweep held the lock and this one did nothing."""
+    complete: bool = True
+    """False when ``max_seconds`` ran out with work left."""
+
+
+def sweep(
+    database: Database,
+    *,
+    batch_size: int = 10_000,
+    max_seconds: float | None = None,
+    ledger_retention_days: float = 90,
+    max_entries: int | None = None,
+    dry_run: bool = False,
+) -> SweepResult:
+    """Delete expired entries, old ledger rows and entries beyond ``max_entries``, in batches.
+
+    Each batch is its own short transaction, so lookups never wait on a sweep.
+    Only one sweep runs at a time (a session advisory lock); another returns at
+    once with ``skipped=True``. Capacity eviction removes the least recently hit
+    entries first and warmed entries last.
+    """
+    _positive_int(batch_size, "batch_size")
+    if max_entries is not None:
+        _positive_int(max_entries, "max_entries", allow_zero=True)
+    if not ledger_retention_days > 0:
+        raise InvalidRequestError(f"ledger retention must be positive, got {ledger_retention_days!r}")
+    retention = f"{float(ledger_retention_days)} days"
+    started = time.monotonic()
+    result = SweepResult()
+    with database.connection() as conn:
+        if dry_run:
+            result.expired = conn.execute("SELECT count(*) FROM pgcache_entries WHERE expires_at <= now()").fetchone()[0]
+            result.lookups = conn.execute(
+                "SELECT count(*) FROM pgcache_lookups WHERE at < now() - %s::interval", (retention,)).fetchone()[0]
+            if max_entries is not None:
+                live = conn.execute(f"SELECT count(*) FROM pgcache_entries WHERE {_LIVE}").fetchone()[0]
+                result.evicted = max(0, live - max_entries)
+            result.seconds = time.monotonic() - started
+            return result
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_ID,)).fetchone()[0]:
+            result.skipped = True
+            return result
+        try:
+            def out_of_time() -> bool:
+                return max_seconds is not None and time.monotonic() - started >= max_seconds
+
+            while True:
+                expired, lookups = conn.execute(
+                    "SELECT * FROM pgcache_sweep(%s, %s::interval)", (batch_size, retention)).fetchone()
+                result.expired += expired
+                result.lookups += lookups
+                if expired < batch_size and lookups < batch_size:
+                    break
+                if out_of_time():
+                    result.complete = False
+                    break
+            if max_entries is not None:
+                while True:
+                    evicted = conn.execute(EVICT, {"max": max_entries, "batch": batch_size}).rowcount
+                    result.evicted += evicted
+                    if evicted < batch_size:
+                        break
+                    if out_of_time():
+                        result.complete = False
+                        break
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_ID,))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+EVICT = f"""
+WITH excess AS (
+    SELECT id FROM pgcache_entries WHERE {_LIVE}
+    ORDER BY (source = 'warm'), coalesce(last_hit_at, created_at), id
+    LIMIT least(%(batch)s, greatest(0, (SELECT count(*) FROM pgcache_entries WHERE {_LIVE}) - %(max)s))
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pgcache_entries AS e USING excess WHERE e.id = excess.id
+"""
+
+
+@dataclass
+class Filters:
+    """Which entries an invalidation selects; every given filter must match."""
+
+    namespace: str
+    prompt: str | None = None
+    similar_to: np.ndarray | None = None
+    embedder: str | None = None
+    min_similarity: float | None = None
+    tags: Sequence[str] = field(default_factory=list)
+    model: str | None = None
+    older_than_seconds: float | None = None
+    source: str | None = None
+    key: bytes | None = None
+    everything: bool = False
+
+    def where(self) -> tuple[sql.Composable, dict[str, Any]]:
+        clauses = [sql.SQL("namespace = %(namespace)s")]
+        params: dict[str, Any] = {"namespace": self.namespace}
+        selective = False
+        for column, value in (("prompt", self.prompt), ("model", self.model), ("source", self.source),
+                              ("exact_key", self.key)):
+            if value is not None:
+                clauses.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
+                params[column] = value
+                selective = True
+        if self.tags:
+            clauses.append(sql.SQL("tags @> %(tags)s::text[]"))
+            params["tags"] = list(self.tags)
+            selective = True
+        if self.older_than_seconds is not None:
+            clauses.append(sql.SQL("created_at < now() - %(age)s * interval '1 second'"))
+            params["age"] = self.older_than_seconds
+            selective = True
+        if self.similar_to is not None:
+            clauses.append(sql.SQL("embedder = %(embedder)s AND 1 - (embedding <=> %(vector)s) >= %(min_similarity)s"))
+            params.update(embedder=self.embedder, vector=self.similar_to, min_similarity=self.min_similarity)
+            selective = True
+        if not selective and not self.everything:
+            raise InvalidRequestError("give at least one filter, or ask for all entries of the namespace explicitly")
+        return sql.SQL(" AND ").join(clauses), params
+
+
+def preview_invalidation(database: Database, filters: Filters, limit: int = 5) -> tuple[int, list[dict[str, Any]]]:
+    """How many entries the filters select, and a sample of them."""
+    where, params = filters.where()
+    with database.connection() as conn:
+        count = conn.execute(sql.SQL("SELECT count(*) FROM pgcache_entries WHERE ") + where, params).fetchone()[0]
+        rows = conn.execute(
+            sql.SQL("SELECT id, model, source, prompt FROM pgcache_entries WHERE ") + where
+            + sql.SQL(" ORDER BY id LIMIT %(limit)s"), {**params, "limit": limit}).fetchall()
+    return count, [{"id": r[0], "model": r[1], "source": r[2], "prompt": r[3]} for r in rows]
+
+
+def invalidate(database: Database, filters: Filters, *, yes: bool = False) -> int:
+    """Delete the selected entries; emptying a whole namespace needs ``yes=True``."""
+    where, params = filters.where()
+    with database.connection() as conn, conn.transaction():
+        count = conn.execute(
+            sql.SQL("DELETE FROM pgcache_entries WHERE ") + where, params).rowcount
+        if count and not yes:
+            left = conn.execute("SELECT count(*) FROM pgcache_entries WHERE namespace = %s",
+                                (filters.namespace,)).fetchone()[0]
+            if left == 0:
+                raise _WouldEmptyNamespace(count)
+    return count
+
+
+class _WouldEmptyNamespace(InvalidRequestError):
+    def __init__(self, count: int) -> None:
+        super().__init__(f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)")
+
+
+@dataclass
+class IndexStatus:
+    """The ivfflat index against the table it serves."""
+
+    rows: int
+    lists: int
+    recommended_lists: int
+
+    @property
+    def needs_reindex(self) -> bool:
+        return self.rows >= REINDEX_MIN_ROWS and (
+            self.recommended_lists >= 2 * self.lists or self.lists >= 2 * self.recommended_lists)
+
+
+def recommended_lists(rows: int) -> int:
+    """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) above."""
+    if rows <= 1_000_000:
+        return max(1, rows // 1000)
+    return int(math.sqrt(rows))
+
+
+def index_status(database: Database) -> IndexStatus:
+    with database.connection() as conn:
+        rows = conn.execute("SELECT count(*) FROM pgcache_entries WHERE embedding IS NOT NULL").fetchone()[0]
+        lists = _lists(conn)
+    return IndexStatus(rows=rows, lists=lists, recommended_lists=recommended_lists(rows))
+
+
+@dataclass
+class ReindexResult:
+    before: IndexStatus
+    after: IndexStatus
+    seconds: float
+
+
+def reindex(database: Database, *, lists: int | None = None, maintenance_work_mem: str = "512MB") -> ReindexResult:
+    """Retrain the ivfflat index with ``lists`` from the current row count, without blocking lookups.
+
+    ``REINDEX … CONCURRENTLY`` builds the new index beside the old one, so
+    lookups and writes go on meanwhile.
+    """
+    started = time.monotonic()
+    before = index_status(database)
+    target = before.recommended_lists if lists is None else _positive_int(lists, "lists")
+    if not 1 <= target <= 32768:
+        raise InvalidRequestError(f"lists must be between 1 and 32768, got {target}")
+    with database.connection() as conn:
+        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+        conn.execute("SET statement_timeout = 0")
+        try:
+            conn.execute(sql.SQL("ALTER INDEX {} SET (lists = {})").format(
+                sql.Identifier(INDEX_NAME), sql.Literal(target)))
+            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(INDEX_NAME)))
+        finally:
+            conn.execute("RESET statement_timeout")
+            conn.execute("RESET maintenance_work_mem")
+    return ReindexResult(before=before, after=index_status(database), seconds=time.monotonic() - started)
+
+
+def _lists(conn) -> int:
+    options = conn.execute(
+        "SELECT reloptions FROM pg_class WHERE relname = %s", (INDEX_NAME,)).fetchone()
+    for option in (options[0] if options else None) or []:
+        name, _, value = option.partition("=")
+        if name == "lists":
+            return int(value)
+    return 100  # pgvector's default when the index was created without the option
+
+
+def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidRequestError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value

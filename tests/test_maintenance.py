@@ -1,0 +1,139 @@
+"""Sweep, invalidate and reindex, through the library and the CLI."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pgcache import InvalidRequestError, PgcacheError
+from pgcache.cli import app
+from pgcache.maintenance import SWEEP_LOCK_ID, recommended_lists
+
+from .conftest import query
+
+runner = CliRunner()
+
+
+def count(url, where="true"):
+    return query(url, f"SELECT count(*) FROM pgcache_entries WHERE {where}")[0][0]
+
+
+def expire(url, where):
+    query(url, f"UPDATE pgcache_entries SET expires_at = now() - interval '1 minute' WHERE {where}")
+
+
+def test_sweep_deletes_expired_entries_and_old_ledger_rows_in_batches(cache, database_url):
+    cache.store_many([(f"q{i}", f"a{i}") for i in range(7)])
+    expire(database_url, "prompt IN ('q0', 'q1', 'q2', 'q3', 'q4')")
+    cache.lookup("q5")
+    cache.flush()
+    query(database_url, "INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms) "
+                        "VALUES (gen_random_uuid(), now() - interval '100 days', 'default', 'm', 'miss', 1)")
+    dry = cache.sweep(dry_run=True)
+    assert (dry.expired, dry.lookups) == (5, 1) and count(database_url) == 7
+    result = cache.sweep(batch_size=2)
+    assert (result.expired, result.lookups, result.skipped, result.complete) == (5, 1, False, True)
+    assert sorted(r[0] for r in query(database_url, "SELECT prompt FROM pgcache_entries")) == ["q5", "q6"]
+    assert query(database_url, "SELECT count(*) FROM pgcache_lookups")[0][0] == 1
+
+
+def test_a_second_sweep_exits_at_once(cache, database_url):
+    cache.store("q", "a", ttl=60)
+    expire(database_url, "true")
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (SWEEP_LOCK_ID,))
+        assert cache.sweep().skipped is True
+        printed = runner.invoke(app, ["sweep", "--database-url", database_url])
+        assert printed.exit_code == 0 and "another sweep is running" in printed.output
+        assert count(database_url) == 1
+        holder.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_ID,))
+    assert cache.sweep().expired == 1
+
+
+def test_capacity_evicts_least_recently_hit_and_warm_entries_last(cache, database_url):
+    cache.store_many([("warm 1", "w"), ("warm 2", "w")], source="warm")
+    cache.store("old manual", "m")
+    cache.store("hit manual", "m")
+    cache.lookup("hit manual")
+    cache.flush()
+    result = cache.sweep(max_entries=2)
+    assert result.evicted == 2
+    assert sorted(r[0] for r in query(database_url, "SELECT prompt FROM pgcache_entries")) == ["warm 1", "warm 2"]
+
+
+def test_sql_sweep_function_for_pg_cron(cache, database_url):
+    cache.store_many([(f"q{i}", "a") for i in range(3)])
+    expire(database_url, "true")
+    assert query(database_url, "SELECT * FROM pgcache_sweep(2)") == [(2, 0)]
+    assert query(database_url, "SELECT * FROM pgcache_sweep()") == [(1, 0)]
+    with pytest.raises(psycopg.errors.RaiseException, match="batch_size must be a positive integer"):
+        query(database_url, "SELECT * FROM pgcache_sweep(0)")
+
+
+def test_invalidate_filters_combine(cache, database_url):
+    cache.store("What is SQL injection?", "a", tags=["security", "web"])
+    cache.store("How does SQL injection work?", "b", tags=["security"], model="gpt-4o")
+    cache.store("What is a buffer overflow vulnerability?", "c", tags=["security"])
+    cache.store_many([("What are your opening hours?", "d")], tags=["faq"])
+    assert cache.invalidate(prompt="What is SQL injection?", tags=["faq"]) == 0
+    assert cache.preview_invalidation(tags=["security"], model="gpt-4o")[0] == 1
+    assert cache.invalidate(tags=["security"], model="gpt-4o") == 1
+    assert cache.invalidate(source="warm") == 1
+    assert cache.invalidate(similar_to="Explain SQL injection attacks") == 1
+    assert [r[0] for r in query(database_url, "SELECT prompt FROM pgcache_entries")] == [
+        "What is a buffer overflow vulnerability?"]
+
+
+def test_invalidate_by_key_age_and_namespace_confirmation(cache, database_url):
+    cache.store("keep", "a")
+    entry = cache.store("drop", "b")
+    key = query(database_url, "SELECT encode(exact_key, 'hex') FROM pgcache_entries WHERE id = %s", (entry,))[0][0]
+    assert cache.invalidate(older_than="1h") == 0
+    assert cache.invalidate(key=key) == 1
+    with pytest.raises(InvalidRequestError, match="all 1 entries of the namespace"):
+        cache.invalidate(all=True)
+    assert count(database_url) == 1, "a refused invalidation deletes nothing"
+    assert cache.invalidate(all=True, yes=True) == 1
+    with pytest.raises(InvalidRequestError, match="at least one filter"):
+        cache.invalidate()
+    with pytest.raises(InvalidRequestError, match="64 hexadecimal"):
+        cache.invalidate(key="abc")
+    with pytest.raises(PgcacheError, match="older_than"):
+        cache.invalidate(older_than="7x")
+
+
+def test_invalidate_cli_dry_run_and_namespace(cache, database_url):
+    cache.store("What is SQL injection?", "a", namespace="tenant-a")
+    cache.store("What is SQL injection?", "a")
+    dry = runner.invoke(app, ["invalidate", "--database-url", database_url, "--namespace", "tenant-a",
+                              "--prompt", "What is SQL injection?", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert dry.output.startswith("would delete 1 entries\n  #") and "'What is SQL injection?'" in dry.output
+    assert count(database_url) == 2
+    refused = runner.invoke(app, ["invalidate", "--database-url", database_url, "-n", "tenant-a", "--all"])
+    assert refused.exit_code != 0 and count(database_url) == 2
+    done = runner.invoke(app, ["invalidate", "--database-url", database_url, "-n", "tenant-a", "--all", "--yes"])
+    assert done.exit_code == 0 and done.output == "deleted 1 entries\n"
+    assert query(database_url, "SELECT namespace FROM pgcache_entries") == [("default",)]
+
+
+def test_reindex_retrains_lists_and_lookups_still_hit(cache, database_url):
+    cache.store_many([(f"question number {i}", f"answer {i}") for i in range(40)])
+    result = cache.reindex(lists=4)
+    assert (result.before.lists, result.after.lists, result.after.rows) == (1, 4, 40)
+    assert cache.lookup("question number 7").content == "answer 7"
+    printed = runner.invoke(app, ["reindex", "--database-url", database_url])
+    assert printed.exit_code == 0
+    assert printed.output.startswith("before: 40 rows, 4 lists\nafter:  40 rows, 1 lists")
+
+
+def test_recommended_lists_follow_pgvector_guidance():
+    assert [recommended_lists(n) for n in (0, 999, 50_000, 1_000_000, 4_000_000)] == [1, 1, 50, 1000, 2000]
+
+
+def test_sweep_cli_rejects_bad_options(database_url):
+    for args, message in ((["--batch-size", "-5"], "batch_size"), (["--ledger-retention", "7x"], "ledger-retention")):
+        done = runner.invoke(app, ["sweep", "--database-url", database_url, *args])
+        assert done.exit_code != 0
+        assert message in str(done.exception) or message in done.output
