@@ -20,6 +20,7 @@ test: install
 	$(BIN)/python -m pytest
 
 demo: install
+	PGCACHE_EMBEDDER=local $(BIN)/pgcache warm examples/faqs.tsv --namespace demo --tag demo
 	$(BIN)/python examples/demo.py
 
 clean:

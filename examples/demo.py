@@ -1,18 +1,17 @@
-"""pgcache demo: warm the cache from examples/faqs.tsv, then ask questions.
+"""pgcache demo: ask questions of a cache warmed from examples/faqs.tsv.
 
-Runs offline: the embedded PostgreSQL and the bundled all-MiniLM-L6-v2 model,
-no API key and no LLM call. Set PGCACHE_DATABASE_URL to use your own server.
+`make demo` first runs `pgcache warm examples/faqs.tsv --namespace demo` with the
+local embedder, then this script. Everything runs offline: the embedded
+PostgreSQL and the bundled all-MiniLM-L6-v2 model, no API key and no LLM call.
+Set PGCACHE_DATABASE_URL to use your own server.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 from pgcache import Cache, db
 from pgcache.embedders import LocalEmbedder
-
-FAQ_FILE = Path(__file__).with_name("faqs.tsv")
 
 QUESTIONS = [
     "How do I reset my password?",                # word for word: exact tier
@@ -28,15 +27,6 @@ QUESTIONS = [
 ]
 
 
-def read_faqs(path: Path) -> list[tuple[str, str]]:
-    pairs = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            question, answer = line.split("\t", 1)
-            pairs.append((question.strip(), answer.strip()))
-    return pairs
-
-
 def main() -> None:
     from transformers.utils import logging as transformers_logging
 
@@ -44,9 +34,7 @@ def main() -> None:
     cache = Cache.from_env(embedder=LocalEmbedder(), namespace="demo")
     print(f"database: {db.redact(cache.url)}")
     print(f"embedder: {cache.embedder.name}, semantic threshold (cosine similarity) {cache.threshold}")
-    faqs = read_faqs(FAQ_FILE)
-    cache.store_many(faqs, tags=["demo"], source="warm")
-    print(f"warmed {len(faqs)} FAQ answers from {FAQ_FILE.name}\n")
+    print(f"warmed FAQ entries in namespace 'demo': {cache.preview_invalidation(tags=['demo'])[0]}\n")
 
     counts: Counter[str] = Counter()
     print(f"{'status':<9} {'similarity':>10}  question -> answer")

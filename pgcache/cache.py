@@ -220,6 +220,17 @@ class Cache:
         by_position = dict(zip(order, ids))
         return [by_position[i] for i in range(len(entries))]
 
+    def contains_many(
+        self, requests: Iterable[tuple[str | Sequence[Any], str | None]], model: str | None = None, **params: Any
+    ) -> list[bool]:
+        """For ``(prompt_or_messages, namespace)`` pairs: whether each has a live entry (exact key)."""
+        keys = [self._key(request, model, namespace, params)[0].exact_key for request, namespace in requests]
+        if not keys:
+            return []
+        with self.database().connection() as conn:
+            live = store.live_keys(conn, keys)
+        return [key in live for key in keys]
+
     def chat(
         self,
         messages: str | Sequence[Any],

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import db, embedded
+from . import db, embedded, warm as warming
 from .cache import Cache
 from .durations import parse_ttl
 from .errors import PgcacheError
@@ -114,6 +114,59 @@ def db_stop(data_dir: DataDir = None) -> None:
     data = _settings(None, data_dir)[1]
     stopped = embedded.stop(data)
     typer.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+
+
+@app.command()
+def warm(
+    file: Annotated[Path, typer.Argument(help="FAQ file: questions, question<TAB>answer, CSV or JSONL.")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    namespace: Namespace = None,
+    file_format: Annotated[Optional[str], typer.Option("--format", help="text, tsv, csv or jsonl (default: detected).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Chat model (default: PGCACHE_MODEL).")] = None,
+    ttl: Annotated[Optional[str], typer.Option(help="Lifetime: 30m, 12h, 7d or never (default: PGCACHE_TTL).")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="Tag for every entry (repeatable).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Entries per embedding batch and transaction.")] = 100,
+    concurrency: Annotated[int, typer.Option(help="Parallel LLM calls for question-only files.")] = 4,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Parse and count; write nothing.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Refresh entries that already exist.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad line, before writing anything.")] = False,
+) -> None:
+    """Fill the cache from an FAQ file; running it again adds nothing.
+
+    Example: pgcache warm examples/faqs.tsv --tag faq --ttl 30d
+    """
+    if ttl is not None:
+        parse_ttl(ttl, name="--ttl")
+    text = warming.read_text(file)
+    items, errors = warming.parse(file, text, file_format or warming.detect_format(file, text))
+    for error in errors:
+        typer.echo(error, err=True)
+    if errors and strict:
+        raise PgcacheError(f"{len(errors)} bad lines in {file}; nothing was written (--strict)")
+    with _cache(database_url, data_dir, namespace) as cache:
+        result = _run_warm(cache, file, items, model=model, ttl=ttl, tags=tuple(tag or ()), batch_size=batch_size,
+                           concurrency=concurrency, replace=replace, dry_run=dry_run)
+        status = None if dry_run else cache.index_status()
+    for error in result.errors:
+        typer.echo(error, err=True)
+    verb = "would add" if dry_run else "added"
+    typer.echo(f"{verb} {result.added}, already present {result.present}, failed {result.failed + len(errors)}")
+    if status is not None and status.needs_reindex:
+        typer.echo(f"the index was trained for {status.lists} lists; {status.rows} rows want "
+                   f"{status.recommended_lists}: run `pgcache reindex`")
+    if result.failed or errors:
+        raise typer.Exit(1)
+
+
+def _run_warm(cache: Cache, file: Path, items, **options) -> warming.WarmResult:
+    if not sys.stdout.isatty():
+        return warming.warm(cache, file, items, **options)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task(f"warming {file.name}", total=len(items))
+        return warming.warm(cache, file, items, progress=lambda n: progress.advance(task, n), **options)
 
 
 @app.command()

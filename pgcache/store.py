@@ -91,6 +91,13 @@ def find_exact(conn: psycopg.Connection, exact_key: bytes) -> Row | None:
     return Row(*row) if row else None
 
 
+def live_keys(conn: psycopg.Connection, exact_keys: Sequence[bytes]) -> set[bytes]:
+    """Which of ``exact_keys`` have a live entry."""
+    rows = conn.execute(f"SELECT exact_key FROM pgcache_entries WHERE exact_key = ANY(%s) AND {_LIVE}",
+                        (list(exact_keys),)).fetchall()
+    return {bytes(row[0]) for row in rows}
+
+
 def find_nearest(
     conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray, k: int = 4
 ) -> Row | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,16 +36,22 @@ def test_quick_start_runs_verbatim(tmp_path, local_embedder):
     assert lines[2] == "None"
 
 
-def test_demo_shows_exact_and_semantic_hits_without_an_api_key(tmp_path, local_embedder):
+def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_path, local_embedder):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     for name in ("PGCACHE_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
         env.pop(name, None)
+    env["PGCACHE_EMBEDDER"] = "local"
     try:
+        warmed = subprocess.run([shutil.which("pgcache"), "warm", str(ROOT / "examples" / "faqs.tsv"),
+                                 "--namespace", "demo", "--tag", "demo"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
     finally:
         embedded.stop(tmp_path / "pgcache" / "postgres")
+    assert warmed.returncode == 0, warmed.stderr
+    assert warmed.stdout.strip() == "added 12, already present 0, failed 0"
     assert done.returncode == 0, done.stderr
-    assert "warmed 12 FAQ answers" in done.stdout
+    assert "warmed FAQ entries in namespace 'demo': 12" in done.stdout
     summary = done.stdout.strip().splitlines()[-1]
     assert summary == "summary: 10 questions, 2 exact hits, 6 semantic hits, 2 misses; no API key used"
