@@ -4,7 +4,9 @@ a fresh migrated database per test cloned from a template, and the fake OpenAI s
 from __future__ import annotations
 
 import os
+import sys
 import uuid
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import openai
@@ -18,6 +20,8 @@ from pgcache.embedders import OpenAIEmbedder
 from .fake_openai import FakeOpenAI
 
 TEMPLATE = "pgcache_test_template"
+# The installed console script, beside the interpreter running the tests (no PATH needed).
+PGCACHE_SCRIPT = str(Path(sys.executable).with_name("pgcache"))
 TEST_API_KEY = "sk-test-a1b2c3d4e5f6g7h8i9j0-never-store-me"
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from pgcache import embedded
+
+from .conftest import PGCACHE_SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
         env.pop(name, None)
     env["PGCACHE_EMBEDDER"] = "local"
     try:
-        warmed = subprocess.run([shutil.which("pgcache"), "warm", str(ROOT / "examples" / "faqs.tsv"),
+        warmed = subprocess.run([PGCACHE_SCRIPT, "warm", str(ROOT / "examples" / "faqs.tsv"),
                                  "--namespace", "demo", "--tag", "demo"],
                                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
         done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], cwd=tmp_path, env=env,

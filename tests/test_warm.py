@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from typer.testing import CliRunner
 
 from pgcache.cli import app
 
-from .conftest import TEST_API_KEY, query
+from .conftest import PGCACHE_SCRIPT, TEST_API_KEY, query
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -93,7 +92,7 @@ def test_bad_lines_are_reported_and_skipped(env, tmp_path, database_url):
 def test_unreadable_files_get_one_line_errors_and_write_nothing(env, tmp_path, database_url, content, message):
     path = tmp_path / "faq.csv"
     path.write_bytes(content)
-    done = subprocess.run([shutil.which("pgcache"), "warm", str(path)], env={**os.environ, **env},
+    done = subprocess.run([PGCACHE_SCRIPT, "warm", str(path)], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and message in done.stderr
