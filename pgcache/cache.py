@@ -197,8 +197,7 @@ class Cache:
         **params: Any,
     ) -> list[int]:
         """Store many ``(prompt_or_messages, response)`` pairs with one embedding batch."""
-        if source not in SOURCES:
-            raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+        _check_source(source)
         lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
         tag_list = _check_tags(tags)
         entries: list[store.NewEntry] = []
@@ -325,9 +324,7 @@ class Cache:
             prompt=prompt, model=model, tags=_check_tags(tags), everything=all,
         )
         if source is not None:
-            if source not in SOURCES:
-                raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-            filters.source = source
+            filters.source = _check_source(source)
         if older_than is not None:
             filters.older_than_seconds = parse_ttl(older_than, name="older_than")
             if filters.older_than_seconds is None:
@@ -376,7 +373,8 @@ class Cache:
         self, key: RequestKey, model: str, namespace: str, threshold: float | None
     ) -> tuple[CacheResult | None, np.ndarray | None, LookupRecord]:
         """Exact tier, then semantic tier; returns the hit (or None), the query vector and its ledger row."""
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        if threshold is not None:
+            threshold = _check_threshold(threshold)
         started = time.perf_counter()
         record = LookupRecord(
             id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
@@ -389,6 +387,8 @@ class Cache:
         status = "exact"
         if row is None and _embeddable(key.prompt):
             embedder = self.embedder
+            if threshold is None:  # resolved only here: an exact hit never needs it
+                threshold = self.threshold
             record.embedder, record.threshold = embedder.name, threshold
             vector = embed_texts(embedder, [key.prompt])[0]
             with database.connection() as conn:
@@ -456,6 +456,12 @@ def _check_embedder(embedder: Any) -> None:
     dims = embedder.dimensions
     if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= 1536:
         raise ConfigurationError(f"embedder.dimensions must be an integer in 1..1536, got {dims!r}")
+
+
+def _check_source(source: Any) -> str:
+    if source not in SOURCES:
+        raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    return source
 
 
 def _check_tags(tags: Iterable[str] | None) -> list[str]:

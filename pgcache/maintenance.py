@@ -176,14 +176,10 @@ def invalidate(database: Database, filters: Filters, *, yes: bool = False) -> in
         if count and not yes:
             left = conn.execute("SELECT count(*) FROM pgcache_entries WHERE namespace = %s",
                                 (filters.namespace,)).fetchone()[0]
-            if left == 0:
-                raise _WouldEmptyNamespace(count)
+            if left == 0:  # raising rolls the delete back
+                raise InvalidRequestError(
+                    f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)")
     return count
-
-
-class _WouldEmptyNamespace(InvalidRequestError):
-    def __init__(self, count: int) -> None:
-        super().__init__(f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)")
 
 
 @dataclass
