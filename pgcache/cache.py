@@ -9,7 +9,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from . import db, maintenance, store
 from .connections import Database
 from .durations import parse_ttl
 from .embedders import OpenAIEmbedder, embed_texts, threshold_for
+from .prices import DEFAULT_PRICES
+from .report import build_report
 from .errors import ConfigurationError, InvalidRequestError, PgcacheError
 from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
@@ -51,6 +53,8 @@ class Cache:
         pool_size: most connections this cache opens at once.
         connect_timeout, statement_timeout: seconds before a database
             operation gives up.
+        prices: ``{model: (input, output)}`` dollars per million tokens, for
+            reports; ``None`` uses :data:`pgcache.prices.DEFAULT_PRICES`.
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class Cache:
         pool_size: int = 10,
         connect_timeout: float = 5.0,
         statement_timeout: float = 5.0,
+        prices: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
         self.data_dir = Path(data_dir) if data_dir else None
@@ -78,6 +83,7 @@ class Cache:
             _check_embedder(embedder)
         self._embedder = embedder
         self._llm = llm
+        self.prices = dict(DEFAULT_PRICES if prices is None else prices)
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be a positive integer, got {pool_size!r}")
         self._pool_options = {
@@ -101,6 +107,7 @@ class Cache:
             "namespace": settings.namespace,
             "ttl": settings.ttl,
             "threshold": settings.threshold,
+            "prices": settings.prices,
         }
         options.update(overrides)
         if options.get("embedder") is None:
@@ -311,6 +318,20 @@ class Cache:
     def reindex(self, **options: Any) -> maintenance.ReindexResult:
         """Retrain the ivfflat index for the current row count (``lists`` ≈ rows / 1000)."""
         return maintenance.reindex(self.database(), **options)
+
+    def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,
+               limit: int = 10) -> dict[str, Any]:
+        """Hit rates, tokens, money and LLM time saved, top entries and near misses.
+
+        ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
+        and ``None`` means all of them (unlike lookups, which use the cache's namespace).
+        """
+        window = None
+        if since is not None:
+            seconds = parse_ttl(since, name="since")
+            window = None if seconds is None else timedelta(seconds=seconds)
+        return build_report(self.database(), self.prices, since=window, namespace=namespace,
+                                   model=model, limit=limit)
 
     def index_status(self) -> maintenance.IndexStatus:
         return maintenance.index_status(self.database())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from . import db, embedded, warm as warming
+from . import db, embedded, report_render, warm as warming
 from .cache import Cache
 from .durations import parse_ttl
 from .errors import PgcacheError
@@ -255,12 +256,41 @@ def reindex(
                f"after:  {result.after.rows} rows, {result.after.lists} lists ({result.seconds:.2f}s)")
 
 
+@app.command()
+def report(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n", help="Only this namespace (default: all).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Only this chat model (default: all).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only lookups this recent, e.g. 24h or 30d (whole UTC days).")] = None,
+    limit: Annotated[int, typer.Option(help="Rows of top entries and near misses.")] = 10,
+    output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+) -> None:
+    """Hit rates, tokens, money and LLM time saved, top entries, near misses and a per-day chart.
+
+    Example: pgcache report --since 7d --format json
+    """
+    if output not in ("table", "json", "csv"):
+        raise PgcacheError(f"--format must be table, json or csv, got {output!r}")
+    with _cache(database_url, data_dir) as cache:
+        figures = cache.report(since=since, namespace=namespace, model=model, limit=limit)
+    if output == "json":
+        typer.echo(json.dumps(figures, indent=2))
+    elif output == "csv":
+        typer.echo(report_render.to_csv(figures), nl=False)
+    else:
+        from rich.console import Console
+
+        report_render.render(figures, Console())
+
+
 def main() -> None:
     """Console entry point: pgcache errors become one line on stderr and exit status 1."""
     try:
         app()
     except PgcacheError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        # One line, whatever the driver's message looked like, so cron mail and logs stay readable.
+        typer.echo("error: " + " ".join(str(exc).split()), err=True)
         sys.exit(1)
 
 

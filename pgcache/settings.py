@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .durations import parse_ttl
 from .errors import ConfigurationError
+from .prices import parse_prices
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_NAMESPACE = "default"
@@ -34,6 +35,8 @@ class Settings:
     ttl: float | None = None
     threshold: float | None = None
     max_entries: int | None = None
+    prices: dict[str, tuple[float, float]] | None = None
+    """Token prices for reports (``PGCACHE_PRICES``); ``None``: the built-in table."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +61,7 @@ class Settings:
             ttl=parse_ttl(get("TTL"), name="PGCACHE_TTL"),
             threshold=_threshold(get("THRESHOLD")),
             max_entries=_count(get("MAX_ENTRIES"), "PGCACHE_MAX_ENTRIES"),
+            prices=parse_prices(get("PRICES")) if get("PRICES") else None,
         )
 
     def make_embedder(self, client=None):

@@ -137,3 +137,38 @@ def test_sweep_cli_rejects_bad_options(database_url):
         done = runner.invoke(app, ["sweep", "--database-url", database_url, *args])
         assert done.exit_code != 0
         assert message in str(done.exception) or message in done.output
+
+
+def test_two_sweep_processes_at_once(cache, database_url):
+    import re
+    import subprocess
+
+    from .conftest import PGCACHE_SCRIPT
+
+    query(database_url, """
+        INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, request, response, expires_at)
+        SELECT 'default', sha256(i::text::bytea), sha256('s'::bytea), 'm', '{}', '{}', now() - interval '1 hour'
+        FROM generate_series(1, 3000) AS i""")
+    runs = [subprocess.Popen([PGCACHE_SCRIPT, "sweep", "--batch-size", "100", "--database-url", database_url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    deleted = 0
+    for stdout, _ in outputs:
+        match = re.match(r"deleted (\d+) expired entries", stdout)
+        assert match or stdout.strip() == "another sweep is running; nothing done", stdout
+        deleted += int(match.group(1)) if match else 0
+    assert deleted == 3000
+    assert count(database_url) == 0
+
+
+def test_unreachable_database_is_one_line_and_exit_1():
+    import subprocess
+
+    from .conftest import PGCACHE_SCRIPT
+
+    done = subprocess.run([PGCACHE_SCRIPT, "sweep", "--database-url", "postgresql://u:pw@127.0.0.1:1/x"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot read the schema version")
+    assert "pw" not in done.stderr.replace("postgresql://u:***@", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,17 @@ def test_from_env_builds_the_configured_cache(llm):
 def test_cache_arguments_are_validated(kwargs, message):
     with pytest.raises(ConfigurationError, match=message):
         Cache(**kwargs)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{not json", "not valid JSON"), ('{"m": [1]}', "price of 'm'"), ('{"m": [-1, 2]}', "price of 'm'"),
+    ("/nonexistent/prices.json", "cannot read"),
+])
+def test_bad_prices_name_the_variable(value, message):
+    with pytest.raises(ConfigurationError, match=f"PGCACHE_PRICES.*{re.escape(message)}"):
+        Settings.from_env({"PGCACHE_PRICES": value})
+
+
+def test_prices_extend_the_builtin_table():
+    prices = Settings.from_env({"PGCACHE_PRICES": '{"my-model": [1, 2]}'}).prices
+    assert prices["my-model"] == (1.0, 2.0) and prices["gpt-4o-mini"] == (0.15, 0.60)

@@ -108,3 +108,16 @@ def test_dry_run_writes_nothing_and_bad_options_are_refused(env, database_url, f
         bad = warm(env, ROOT / "examples" / "faqs.tsv", *args)
         assert bad.exit_code != 0
     assert query(database_url, "SELECT count(*) FROM pgcache_entries")[0][0] == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["/nonexistent/faqs.txt"], "error: /nonexistent/faqs.txt: cannot read: No such file or directory"),
+    ([str(ROOT / "examples" / "faqs.tsv"), "--ttl", "7x"], "error: --ttl must look like"),
+    ([str(ROOT / "examples" / "faqs.tsv"), "--batch-size", "-1"], "error: batch size must be a positive integer"),
+])
+def test_bad_arguments_are_one_line_errors(env, database_url, args, message):
+    done = subprocess.run([PGCACHE_SCRIPT, "warm", *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith(message) and done.stderr.count("\n") == 1
+    assert query(database_url, "SELECT count(*) FROM pgcache_entries")[0][0] == 0

@@ -1,0 +1,61 @@
+"""Per-model token prices, for reporting the money the cache saved.
+
+Prices are US dollars per million tokens, ``(input, output)``: OpenAI's list
+prices when this table was written. Override or extend them with
+``PGCACHE_PRICES`` (inline JSON or the path of a JSON file), e.g.
+``{"my-model": [0.5, 1.5]}``. A model missing from the table is reported
+with tokens but no money.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import ConfigurationError
+
+DEFAULT_PRICES: dict[str, tuple[float, float]] = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "gpt-4o": (2.50, 10.00),
+    "gpt-4.1": (2.00, 8.00),
+    "gpt-4.1-mini": (0.40, 1.60),
+    "gpt-4.1-nano": (0.10, 0.40),
+    "o3-mini": (1.10, 4.40),
+    "gpt-3.5-turbo": (0.50, 1.50),
+}
+
+
+def parse_prices(value: str | None, *, name: str = "PGCACHE_PRICES") -> dict[str, tuple[float, float]]:
+    """The default table updated from ``value`` (JSON text or a path to a JSON file)."""
+    prices = dict(DEFAULT_PRICES)
+    if not value:
+        return prices
+    text = value
+    if not value.lstrip().startswith("{"):
+        try:
+            text = Path(value).expanduser().read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"{name}: cannot read {value}: {exc.strerror or exc}") from None
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{name} is not valid JSON: {exc.msg}") from None
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f'{name} must map model names to [input, output] prices, e.g. {{"m": [0.5, 1.5]}}')
+    for model, pair in table.items():
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
+                           for p in pair)):
+            raise ConfigurationError(f"{name}: price of {model!r} must be [input, output] dollars per 1M tokens")
+        prices[model] = (float(pair[0]), float(pair[1]))
+    return prices
+
+
+def cost(prices: Mapping[str, tuple[float, float]], model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Dollars for the tokens, or ``None`` when the model has no price."""
+    price = prices.get(model)
+    if price is None:
+        return None
+    return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000

@@ -1,0 +1,121 @@
+"""Read-only reports over the reporting views (the same SQL users can run)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .connections import Database
+from .prices import cost
+
+DAILY = """
+SELECT day, model, sum(lookups) AS lookups, sum(exact_hits) AS exact_hits,
+       sum(semantic_hits) AS semantic_hits, sum(misses) AS misses, sum(bypasses) AS bypasses,
+       sum(errors) AS errors, sum(prompt_tokens_saved) AS prompt_tokens_saved,
+       sum(completion_tokens_saved) AS completion_tokens_saved,
+       sum(avg_llm_ms * misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS llm_ms_total,
+       sum(misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS timed_misses
+FROM pgcache_daily_stats
+WHERE {where}
+GROUP BY day, model
+ORDER BY day, model
+"""
+
+TOP = """
+SELECT entry_id, namespace, model, prompt, source, hit_count, last_hit_at, tokens_saved
+FROM pgcache_top_entries WHERE {where} LIMIT %(limit)s
+"""
+
+NEAR = """
+SELECT lookup_id, at, namespace, model, similarity, threshold, gap, prompt, candidate_id, candidate_prompt
+FROM pgcache_near_misses WHERE {where} ORDER BY gap, at DESC LIMIT %(limit)s
+"""
+
+COUNTS = ("lookups", "exact_hits", "semantic_hits", "misses", "bypasses", "errors",
+          "prompt_tokens_saved", "completion_tokens_saved")
+
+
+def build_report(
+    database: Database,
+    prices: Mapping[str, tuple[float, float]],
+    *,
+    since: timedelta | None = None,
+    namespace: str | None = None,
+    model: str | None = None,
+    limit: int = 10,
+) -> dict[str, Any]:
+    """Totals, per-model and per-day figures, top entries and near misses, as plain JSON-ready data.
+
+    ``since`` counts whole UTC days for the per-day figures (the views are daily).
+    """
+    start = datetime.now(timezone.utc) - since if since is not None else None
+    params: dict[str, Any] = {"namespace": namespace, "model": model, "limit": limit,
+                              "day": start.date() if start else None, "at": start}
+    common = [sql.SQL("(%(namespace)s::text IS NULL OR namespace = %(namespace)s)"),
+              sql.SQL("(%(model)s::text IS NULL OR model = %(model)s)")]
+    with database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        daily = cur.execute(_query(DAILY, common + [sql.SQL("(%(day)s::date IS NULL OR day >= %(day)s)")]),
+                            params).fetchall()
+        top = cur.execute(_query(TOP, common), params).fetchall()
+        near = cur.execute(_query(NEAR, common + [sql.SQL("(%(at)s::timestamptz IS NULL OR at >= %(at)s)")]),
+                           params).fetchall()
+
+    models: dict[str, dict[str, Any]] = {}
+    days: dict[date, dict[str, Any]] = {}
+    for row in daily:
+        for bucket in (models.setdefault(row["model"], _empty(model=row["model"])),
+                       days.setdefault(row["day"], _empty(day=row["day"].isoformat()))):
+            for name in COUNTS + ("llm_ms_total", "timed_misses"):
+                bucket[name] += int(row[name] or 0) if name != "llm_ms_total" else float(row[name] or 0)
+    for figures in models.values():
+        figures["dollars_saved"] = cost(prices, figures["model"], figures["prompt_tokens_saved"],
+                                        figures["completion_tokens_saved"])
+        # A hit saves about what a miss of the same model costs in LLM time.
+        mean_llm_ms = figures["llm_ms_total"] / figures["timed_misses"] if figures["timed_misses"] else None
+        hits = figures["exact_hits"] + figures["semantic_hits"]
+        figures["llm_seconds_saved"] = round(hits * mean_llm_ms / 1000, 3) if mean_llm_ms is not None else None
+    totals = _empty()
+    for figures in models.values():
+        for name in COUNTS:
+            totals[name] += figures[name]
+    priced = [m["dollars_saved"] for m in models.values() if m["dollars_saved"] is not None]
+    timed = [m["llm_seconds_saved"] for m in models.values() if m["llm_seconds_saved"] is not None]
+    totals["dollars_saved"] = round(sum(priced), 9) if priced else None
+    totals["llm_seconds_saved"] = round(sum(timed), 3) if timed else None
+    return {
+        "since": start.isoformat() if start else None,
+        "namespace": namespace,
+        "model": model,
+        "totals": _finish(totals),
+        "models": [_finish(m) for m in models.values()],
+        "days": [_finish(d) for d in days.values()],
+        "top_entries": [_jsonable(row) for row in top],
+        "near_misses": [_jsonable(row) for row in near],
+    }
+
+
+def _query(template: str, conditions: list[sql.Composable]) -> sql.Composed:
+    return sql.SQL(template).format(where=sql.SQL(" AND ").join(conditions))
+
+
+def _empty(**labels: Any) -> dict[str, Any]:
+    return {**labels, **dict.fromkeys(COUNTS, 0), "llm_ms_total": 0.0, "timed_misses": 0}
+
+
+def _finish(figures: dict[str, Any]) -> dict[str, Any]:
+    figures = {k: v for k, v in figures.items() if k not in ("llm_ms_total", "timed_misses")}
+    hits = figures["exact_hits"] + figures["semantic_hits"]
+    lookups = figures["lookups"]
+    figures["hit_rate"] = round(hits / lookups, 4) if lookups else None
+    figures["exact_hit_rate"] = round(figures["exact_hits"] / lookups, 4) if lookups else None
+    figures["semantic_hit_rate"] = round(figures["semantic_hits"] / lookups, 4) if lookups else None
+    return figures
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, (date, datetime)) else str(v) if k == "lookup_id" else v
+            for k, v in row.items()}

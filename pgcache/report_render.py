@@ -1,0 +1,114 @@
+"""Rendering a report (from :func:`pgcache.report.build_report`) as Rich tables or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+CSV_COLUMNS = ("model", "lookups", "exact_hits", "semantic_hits", "misses", "bypasses", "errors", "hit_rate",
+               "exact_hit_rate", "semantic_hit_rate", "prompt_tokens_saved", "completion_tokens_saved",
+               "dollars_saved", "llm_seconds_saved")
+BAR_WIDTH = 40
+
+
+def to_csv(report: dict[str, Any]) -> str:
+    """One row per model and a final ``*`` row with the totals."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report["models"]:
+        writer.writerow(row)
+    writer.writerow({**report["totals"], "model": "*"})
+    return out.getvalue()
+
+
+def hit_rate_bar(rate: float | None, width: int = BAR_WIDTH) -> str:
+    """A text bar for a hit rate between 0 and 1."""
+    if rate is None:
+        return ""
+    filled = round(rate * width)
+    return "█" * filled + "·" * (width - filled)
+
+
+def render(report: dict[str, Any], console) -> None:
+    """Print the report as Rich tables on ``console``."""
+    from rich.table import Table
+
+    totals = report["totals"]
+    scope = ", ".join(f"{k} {report[k]}" for k in ("namespace", "model") if report[k]) or "all namespaces and models"
+    since = f"since {report['since'][:16].replace('T', ' ')} UTC" if report["since"] else "all time"
+    console.print(f"[bold]pgcache report[/bold]: {scope}, {since}")
+    summary = Table(show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    rows = [
+        ("requests", totals["lookups"]),
+        ("hit rate", _percent(totals["hit_rate"])),
+        ("  exact hits", f"{totals['exact_hits']} ({_percent(totals['exact_hit_rate'])})"),
+        ("  semantic hits", f"{totals['semantic_hits']} ({_percent(totals['semantic_hit_rate'])})"),
+        ("misses", totals["misses"]),
+        ("errors", totals["errors"]),
+        ("tokens saved", totals["prompt_tokens_saved"] + totals["completion_tokens_saved"]),
+        ("money saved", _dollars(totals["dollars_saved"])),
+        ("LLM time saved", _seconds(totals["llm_seconds_saved"])),
+    ]
+    for name, value in rows:
+        summary.add_row(name, str(value))
+    console.print(summary)
+
+    if report["models"]:
+        per_model = Table(title="per model")
+        for column in ("model", "requests", "hit rate", "tokens saved", "money saved", "LLM time saved"):
+            per_model.add_column(column, justify="left" if column == "model" else "right")
+        for m in report["models"]:
+            per_model.add_row(m["model"], str(m["lookups"]), _percent(m["hit_rate"]),
+                              str(m["prompt_tokens_saved"] + m["completion_tokens_saved"]),
+                              _dollars(m["dollars_saved"]), _seconds(m["llm_seconds_saved"]))
+        console.print(per_model)
+
+    if report["days"]:
+        chart = Table(title="hit rate per day (UTC)")
+        chart.add_column("day")
+        chart.add_column("requests", justify="right")
+        chart.add_column("hit rate", justify="right")
+        chart.add_column("")
+        for d in report["days"]:
+            chart.add_row(d["day"], str(d["lookups"]), _percent(d["hit_rate"]), hit_rate_bar(d["hit_rate"]))
+        console.print(chart)
+
+    if report["top_entries"]:
+        top = Table(title="top entries")
+        for column in ("id", "hits", "tokens saved", "model", "prompt"):
+            top.add_column(column, justify="right" if column in ("id", "hits", "tokens saved") else "left")
+        for e in report["top_entries"]:
+            top.add_row(str(e["entry_id"]), str(e["hit_count"]), str(e["tokens_saved"]), e["model"],
+                        _shorten(e["prompt"]))
+        console.print(top)
+
+    if report["near_misses"]:
+        near = Table(title="near misses (best candidate just under the threshold)")
+        for column in ("similarity", "threshold", "prompt", "nearest entry"):
+            near.add_column(column)
+        for n in report["near_misses"]:
+            near.add_row(f"{n['similarity']:.3f}", f"{n['threshold']:.3f}", _shorten(n["prompt"]),
+                         _shorten(n["candidate_prompt"]))
+        console.print(near)
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.1%}"
+
+
+def _dollars(value: float | None) -> str:
+    return "-" if value is None else f"${value:,.4f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}s"
+
+
+def _shorten(text: str | None, width: int = 60) -> str:
+    if text is None:
+        return "-"
+    return text if len(text) <= width else text[: width - 1] + "…"
