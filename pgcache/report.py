@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
@@ -117,5 +118,5 @@ def _finish(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, (date, datetime)) else str(v) if k == "lookup_id" else v
+    return {k: v.isoformat() if isinstance(v, (date, datetime)) else str(v) if isinstance(v, uuid.UUID) else v
             for k, v in row.items()}

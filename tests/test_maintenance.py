@@ -172,3 +172,12 @@ def test_unreachable_database_is_one_line_and_exit_1():
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot read the schema version")
     assert "pw" not in done.stderr.replace("postgresql://u:***@", "")
+
+
+def test_reindex_advice_policy():
+    from pgcache.maintenance import IndexStatus
+
+    assert IndexStatus(rows=20_000, lists=1, recommended_lists=20).needs_reindex
+    assert not IndexStatus(rows=20_000, lists=15, recommended_lists=20).needs_reindex
+    assert IndexStatus(rows=20_000, lists=100, recommended_lists=20).needs_reindex
+    assert not IndexStatus(rows=9_999, lists=1, recommended_lists=9).needs_reindex, "small tables keep exact scans"
