@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
 import weakref
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -16,21 +16,37 @@ from typing import Any
 import numpy as np
 
 from . import db, maintenance, store
+from .breaker import CircuitBreaker
 from .connections import Database
 from .durations import parse_ttl
 from .embedders import OpenAIEmbedder, embed_texts, threshold_for
-from .prices import DEFAULT_PRICES
-from .report import build_report
-from .errors import ConfigurationError, InvalidRequestError, PgcacheError
+from .errors import ConfigurationError, DatabaseError, EmbedderError, InvalidRequestError, PgcacheError
 from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
+from .options import UNSET, CallOptions
+from .prices import DEFAULT_PRICES
+from .report import build_report
 from .responses import check_text, completion_dict, content_of, storable_json, usage_of
 from .result import CacheResult
 from .settings import DEFAULT_MODEL, DEFAULT_NAMESPACE, Settings
+from .validation import (
+    check_embedder,
+    check_name,
+    check_source,
+    check_tags,
+    check_threshold,
+)
 
 _log = logging.getLogger(__name__)
-_UNSET: Any = object()
-SOURCES = ("llm", "warm", "manual")
+_UNSET: Any = UNSET
+
+
+class _Unavailable(Exception):
+    """The cache database was skipped or failed; the call goes on without it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class Cache:
@@ -52,9 +68,18 @@ class Cache:
         data_dir: data directory of the embedded server (default: per user).
         pool_size: most connections this cache opens at once.
         connect_timeout, statement_timeout: seconds before a database
-            operation gives up.
+            operation gives up (2 each: a dead database costs a caller little).
         prices: ``{model: (input, output)}`` dollars per million tokens, for
             reports; ``None`` uses :data:`pgcache.prices.DEFAULT_PRICES`.
+        fail_open: when the database or the embedder fails, ``chat`` and
+            ``lookup`` carry on without the cache (a circuit breaker skips it
+            until it recovers) instead of raising.
+        single_flight: when several callers miss on the same key at once, one
+            asks the LLM and the others wait up to ``single_flight_wait``
+            seconds for its answer. The lease lives in PostgreSQL, so this
+            holds across processes and machines.
+        bypass_nonzero_temperature: neither look up nor store requests whose
+            ``temperature`` is above 0 (default: cache every request).
     """
 
     def __init__(
@@ -69,18 +94,22 @@ class Cache:
         *,
         data_dir: str | Path | None = None,
         pool_size: int = 10,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        statement_timeout: float = 2.0,
         prices: Mapping[str, tuple[float, float]] | None = None,
+        fail_open: bool = True,
+        single_flight: bool = True,
+        single_flight_wait: float = 30.0,
+        bypass_nonzero_temperature: bool = False,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
         self.data_dir = Path(data_dir) if data_dir else None
-        self.model = _check_name(model, "model")
-        self.namespace = _check_name(namespace, "namespace")
+        self.model = check_name(model, "model")
+        self.namespace = check_name(namespace, "namespace")
         self.ttl = parse_ttl(ttl)
-        self._threshold = None if threshold is None else _check_threshold(threshold)
+        self._threshold = None if threshold is None else check_threshold(threshold)
         if embedder is not None:
-            _check_embedder(embedder)
+            check_embedder(embedder)
         self._embedder = embedder
         self._llm = llm
         self.prices = dict(DEFAULT_PRICES if prices is None else prices)
@@ -91,6 +120,14 @@ class Cache:
             "connect_timeout": connect_timeout,
             "statement_timeout": statement_timeout,
         }
+        self.fail_open = fail_open
+        self.single_flight = single_flight
+        self.single_flight_wait = float(single_flight_wait)
+        self.lease_seconds = max(300.0, 2 * self.single_flight_wait)
+        self.bypass_nonzero_temperature = bypass_nonzero_temperature
+        self.breaker = CircuitBreaker()
+        """Trips while the database fails; ``breaker.failures`` and ``breaker.skipped`` count."""
+        self.embedder_breaker = CircuitBreaker()
         self._db: Database | None = None
         self._ledger: LedgerWriter | None = None
         self._finalizer: weakref.finalize | None = None
@@ -108,6 +145,10 @@ class Cache:
             "ttl": settings.ttl,
             "threshold": settings.threshold,
             "prices": settings.prices,
+            "connect_timeout": settings.connect_timeout,
+            "statement_timeout": settings.statement_timeout,
+            "single_flight_wait": settings.single_flight_wait,
+            "bypass_nonzero_temperature": settings.bypass_nonzero_temperature,
         }
         options.update(overrides)
         if options.get("embedder") is None:
@@ -165,11 +206,19 @@ class Cache:
         threshold: float | None = None,
         **params: Any,
     ) -> CacheResult | None:
-        """The cached answer for a request, or ``None``; never calls the LLM."""
+        """The cached answer for a request, or ``None``; never calls the LLM.
+
+        With ``fail_open`` a failing database counts as a miss (``None``).
+        """
         key, model, namespace = self._key(prompt_or_messages, model, namespace, params)
-        result, _, record = self._find(key, model, namespace, threshold)
-        self._ledger.record(record)
-        return result
+        threshold = None if threshold is None else check_threshold(threshold)
+        record = _new_record(model, namespace)
+        try:
+            hit, _ = self._guard(self._find, key, record, threshold)
+        except _Unavailable as exc:
+            hit, record.outcome, record.error = None, "error", exc.reason
+        self._record(record)
+        return hit
 
     def store(
         self,
@@ -204,9 +253,9 @@ class Cache:
         **params: Any,
     ) -> list[int]:
         """Store many ``(prompt_or_messages, response)`` pairs with one embedding batch."""
-        _check_source(source)
+        check_source(source)
         lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
-        tag_list = _check_tags(tags)
+        tag_list = check_tags(tags)
         entries: list[store.NewEntry] = []
         for prompt_or_messages, response in items:
             key, model_name, ns = self._key(prompt_or_messages, model, namespace, params)
@@ -246,47 +295,31 @@ class Cache:
         tags: Iterable[str] | None = None,
         namespace: str | None = None,
         threshold: float | None = None,
+        bypass: bool = False,
+        no_store: bool = False,
         **params: Any,
     ) -> CacheResult:
         """Answer a chat request: exact hit, else semantic hit, else call the LLM and store its answer.
 
         ``params`` are passed to ``chat.completions.create`` unchanged; those
-        that can change the answer are part of the cache key.
+        that can change the answer are part of the cache key. ``bypass`` skips
+        the lookup (the answer still replaces the entry); ``no_store`` keeps
+        the answer out of the cache.
         """
         if params.get("stream"):
-            raise InvalidRequestError("chat() does not stream; call it without stream=True")
-        lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
-        tag_list = _check_tags(tags)
-        key, model, namespace = self._key(messages, model, namespace, params)
-        result, vector, record = self._find(key, model, namespace, threshold)
-        if result is not None:
-            self._ledger.record(record)
-            return result
+            raise InvalidRequestError("chat() does not stream; use pgcache.wrap(client) for streaming")
+        options = CallOptions.build(ttl=ttl, tags=tags, namespace=namespace, threshold=threshold,
+                                    bypass=bypass, no_store=no_store)
+        flight = self._begin(messages, model, params, options)
+        if isinstance(flight, CacheResult):
+            return flight
         sent = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
-        llm_started = time.perf_counter()
         try:
-            completion = self.llm.chat.completions.create(model=model, messages=sent, **params)
-        except Exception as exc:
-            record.error = f"llm: {type(exc).__name__}"
-            self._ledger.record(record)
+            completion = self.llm.chat.completions.create(model=flight.model, messages=sent, **params)
+        except BaseException as exc:
+            self._abort(flight, exc)
             raise
-        record.llm_ms = (time.perf_counter() - llm_started) * 1000
-        response = completion_dict(completion, model)
-        record.prompt_tokens, record.completion_tokens, _ = usage_of(response)
-        try:
-            entry = self._entry(key, model, namespace, response, tag_list, "llm", lifetime)
-            if vector is not None:
-                entry.embedder, entry.embedding = self.embedder.name, vector
-            with self.database().connection() as conn:
-                record.entry_id = store.insert_entries(conn, [entry])[0]
-        except PgcacheError as exc:
-            # The answer is paid for and correct; failing to cache it must not lose it.
-            _log.warning("pgcache: answer not stored: %s", exc)
-        self._ledger.record(record)
-        return CacheResult(
-            content=content_of(response), status="miss", similarity=None, entry_id=record.entry_id,
-            response=response, model=model, namespace=namespace, lookup_id=record.id,
-        )
+        return self._finish(flight, completion)
 
     def query(self, prompt: str, model: str | None = None, **kwargs: Any) -> CacheResult:
         """``chat`` for a single user message."""
@@ -341,11 +374,11 @@ class Cache:
                  older_than: Any = None, source: str | None = None, key: str | None = None,
                  all: bool = False) -> maintenance.Filters:  # noqa: A002 - mirrors the CLI's --all
         filters = maintenance.Filters(
-            namespace=self.namespace if namespace is None else _check_name(namespace, "namespace"),
-            prompt=prompt, model=model, tags=_check_tags(tags), everything=all,
+            namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
+            prompt=prompt, model=model, tags=check_tags(tags), everything=all,
         )
         if source is not None:
-            filters.source = _check_source(source)
+            filters.source = check_source(source)
         if older_than is not None:
             filters.older_than_seconds = parse_ttl(older_than, name="older_than")
             if filters.older_than_seconds is None:
@@ -358,7 +391,7 @@ class Cache:
             if len(filters.key) != 32:
                 raise InvalidRequestError(f"key must be 64 hexadecimal characters (a SHA-256), got {key!r}")
         if similar_to is not None:
-            filters.min_similarity = self.threshold if min_similarity is None else _check_threshold(min_similarity)
+            filters.min_similarity = self.threshold if min_similarity is None else check_threshold(min_similarity)
             filters.embedder = self.embedder.name
             filters.similar_to = embed_texts(self.embedder, [similar_to])[0]
         elif min_similarity is not None:
@@ -386,32 +419,101 @@ class Cache:
     # -- internals ----------------------------------------------------------
 
     def _key(self, prompt_or_messages, model, namespace, params) -> tuple[RequestKey, str, str]:
-        model = self.model if model is None else _check_name(model, "model")
-        namespace = self.namespace if namespace is None else _check_name(namespace, "namespace")
+        model = self.model if model is None else check_name(model, "model")
+        namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
         return request_key(prompt_or_messages, model=model, namespace=namespace, params=params), model, namespace
 
-    def _find(
-        self, key: RequestKey, model: str, namespace: str, threshold: float | None
-    ) -> tuple[CacheResult | None, np.ndarray | None, LookupRecord]:
-        """Exact tier, then semantic tier; returns the hit (or None), the query vector and its ledger row."""
-        if threshold is not None:
-            threshold = _check_threshold(threshold)
-        started = time.perf_counter()
-        record = LookupRecord(
-            id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
-            outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0,
+    def _begin(self, messages, model, params, options: CallOptions) -> CacheResult | Flight:
+        """Everything before the LLM call: a hit to return, or the flight a miss continues with."""
+        key, model, namespace = self._key(messages, model, options.namespace, params)
+        record = _new_record(model, namespace)
+        flight = Flight(key, model, namespace, options, record)
+        temperature = params.get("temperature")
+        if self.bypass_nonzero_temperature and temperature is not None and temperature > 0:
+            record.outcome, flight.store = "bypass", False
+            return _takeoff(flight)
+        if options.bypass:
+            record.outcome, flight.store = "bypass", not options.no_store
+            return _takeoff(flight)
+        flight.store = not options.no_store
+        try:
+            hit, flight.vector = self._guard(self._find, key, record, options.threshold)
+            if hit is None and self.single_flight:
+                hit = self._wait_or_lead(flight)
+        except _Unavailable as exc:
+            record.outcome, record.error = "error", exc.reason
+            return _takeoff(flight)
+        if hit is not None:
+            self._record(record)
+            return hit
+        return _takeoff(flight)
+
+    def _finish(self, flight: Flight, completion: Any) -> CacheResult:
+        """After the LLM answered: store the answer (unless told not to), release the lease, log the lookup."""
+        record = flight.record
+        record.llm_ms = (time.perf_counter() - flight.llm_started) * 1000
+        response = completion_dict(completion, flight.model)
+        record.prompt_tokens, record.completion_tokens, _ = usage_of(response)
+        try:
+            if flight.store:
+                entry = self._entry(flight.key, flight.model, flight.namespace, response, list(flight.options.tags),
+                                    "llm", self.ttl if flight.options.ttl is _UNSET else parse_ttl(flight.options.ttl))
+                if flight.vector is not None:
+                    entry.embedder, entry.embedding = self.embedder.name, flight.vector
+                record.entry_id = self._guard(self._insert, entry)
+        except _Unavailable:
+            pass
+        except InvalidRequestError as exc:
+            # The answer is paid for and correct; failing to cache it must not lose it.
+            _log.warning("pgcache: answer not stored: %s", exc)
+        finally:
+            self._release(flight)
+        self._record(record)
+        return CacheResult(
+            content=content_of(response), status="bypass" if record.outcome == "bypass" else "miss",
+            similarity=None, entry_id=record.entry_id, response=response, model=flight.model,
+            namespace=flight.namespace, lookup_id=record.id,
         )
+
+    def _abort(self, flight: Flight, error: BaseException) -> None:
+        """The LLM call failed or was abandoned: nothing is stored."""
+        flight.record.error = f"llm: {type(error).__name__}"
+        self._release(flight)
+        self._record(flight.record)
+
+    def _guard(self, operation, *args):
+        """Run a database operation; with ``fail_open``, failures trip the breaker and raise :class:`_Unavailable`."""
+        if not self.fail_open:
+            return operation(*args)
+        if not self.breaker.allow():
+            raise _Unavailable("database: skipped while unavailable")
+        try:
+            value = operation(*args)
+        except DatabaseError as exc:
+            self.breaker.failure(exc)
+            raise _Unavailable(f"database: {type(exc).__name__}") from exc
+        self.breaker.success()
+        return value
+
+    def _record(self, record: LookupRecord) -> None:
+        if self._ledger is not None:
+            self._ledger.record(record)
+
+    def _find(self, key: RequestKey, record: LookupRecord, threshold: float | None) -> tuple[CacheResult | None, Any]:
+        """Exact tier, then semantic tier; returns the hit (or None) and the query vector, filling ``record``."""
+        started = time.perf_counter()
         database = self.database()
         with database.connection() as conn:
             row = store.find_exact(conn, key.exact_key)
         vector = None
         status = "exact"
         if row is None and _embeddable(key.prompt):
+            vector = self._embed_query(key.prompt, record)
+        if vector is not None:
             embedder = self.embedder
             if threshold is None:  # resolved only here: an exact hit never needs it
                 threshold = self.threshold
             record.embedder, record.threshold = embedder.name, threshold
-            vector = embed_texts(embedder, [key.prompt])[0]
             with database.connection() as conn:
                 row = store.find_nearest(conn, key.scope_key, embedder.name, vector)
             if row is not None:
@@ -421,15 +523,71 @@ class Cache:
             status = "semantic"
         record.latency_ms = (time.perf_counter() - started) * 1000
         if row is None:
-            return None, vector, record
+            return None, vector
+        return self._hit(row, status, record), vector
+
+    def _embed_query(self, prompt: str, record: LookupRecord) -> Any:
+        """The prompt's vector, or None when the embedder is failing (fail-open: exact tier only)."""
+        if not self.fail_open:
+            return embed_texts(self.embedder, [prompt])[0]
+        if not self.embedder_breaker.allow():
+            return None
+        try:
+            vector = embed_texts(self.embedder, [prompt])[0]
+        except EmbedderError as exc:
+            self.embedder_breaker.failure(exc)
+            record.error = "embedder: unavailable"
+            return None
+        self.embedder_breaker.success()
+        return vector
+
+    def _hit(self, row: store.Row, status: str, record: LookupRecord) -> CacheResult:
         record.outcome, record.entry_id = status, row.id
         record.prompt_tokens, record.completion_tokens = row.prompt_tokens, row.completion_tokens
-        result = CacheResult(
+        return CacheResult(
             content=content_of(row.response), status=status,
             similarity=row.similarity if status == "semantic" else None, entry_id=row.id,
-            response=row.response, model=model, namespace=namespace, lookup_id=record.id,
+            response=row.response, model=record.model, namespace=record.namespace, lookup_id=record.id,
         )
-        return result, vector, record
+
+    def _wait_or_lead(self, flight: Flight) -> CacheResult | None:
+        """Single-flight: take the key's lease (return None: ask the LLM), or wait for the holder's answer."""
+        key = flight.key.exact_key
+        deadline = time.monotonic() + self.single_flight_wait
+        while True:
+            if self._guard(self._with_conn, store.acquire_lease, key, self.lease_seconds):
+                flight.leased = True
+                # The answer may have been stored between our miss and the lease.
+                row = self._guard(self._with_conn, store.find_exact, key)
+                return None if row is None else self._hit(row, "exact", flight.record)
+            delay = 0.01
+            while True:
+                row, leased = self._guard(self._with_conn, store.poll_lease, key)
+                if row is not None:
+                    return self._hit(row, "exact", flight.record)
+                if not leased:
+                    break  # the holder gave up without an answer: take over
+                if time.monotonic() >= deadline:
+                    _log.info("pgcache: waited %.0fs for another caller's answer; asking the LLM", self.single_flight_wait)
+                    return None
+                time.sleep(delay)
+                delay = min(delay * 1.5, 0.25)
+
+    def _release(self, flight: Flight) -> None:
+        if flight.leased:
+            flight.leased = False
+            try:
+                self._guard(self._with_conn, store.release_lease, flight.key.exact_key)
+            except _Unavailable:
+                pass  # the lease lapses on its own
+
+    def _with_conn(self, function, *args):
+        with self.database().connection() as conn:
+            return function(conn, *args)
+
+    def _insert(self, entry: store.NewEntry) -> int:
+        with self.database().connection() as conn:
+            return store.insert_entries(conn, [entry])[0]
 
     def _entry(self, key, model, namespace, response, tags, source, ttl) -> store.NewEntry:
         """A row to insert, its JSON checked before any embedding is paid for."""
@@ -445,6 +603,33 @@ class Cache:
         )
 
 
+@dataclass
+class Flight:
+    """A request on its way to the LLM after a miss (or a bypass)."""
+
+    key: RequestKey
+    model: str
+    namespace: str
+    options: CallOptions
+    record: LookupRecord
+    vector: Any = None
+    store: bool = True
+    leased: bool = False
+    llm_started: float = 0.0
+
+
+def _takeoff(flight: Flight) -> Flight:
+    flight.llm_started = time.perf_counter()
+    return flight
+
+
+def _new_record(model: str, namespace: str) -> LookupRecord:
+    return LookupRecord(
+        id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
+        outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0,
+    )
+
+
 def _embeddable(prompt: str | None) -> bool:
     return prompt is not None and bool(prompt.strip())
 
@@ -453,47 +638,3 @@ def _shutdown(ledger: LedgerWriter | None, database: Database) -> None:
     if ledger is not None:
         ledger.close()
     database.close()
-
-
-def _check_name(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
-    check_text(value, what)
-    return value
-
-
-def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
-        raise ConfigurationError(f"threshold must be a cosine similarity in (0, 1], got {value!r}")
-    return float(value)
-
-
-def _check_embedder(embedder: Any) -> None:
-    missing = [name for name in ("name", "dimensions", "embed") if not hasattr(embedder, name)]
-    if missing:
-        raise ConfigurationError(f"embedder {embedder!r} lacks {', '.join(missing)}")
-    if not isinstance(embedder.name, str) or not embedder.name:
-        raise ConfigurationError("embedder.name must be a non-empty string")
-    dims = embedder.dimensions
-    if isinstance(dims, bool) or not isinstance(dims, int) or not 0 < dims <= 1536:
-        raise ConfigurationError(f"embedder.dimensions must be an integer in 1..1536, got {dims!r}")
-
-
-def _check_source(source: Any) -> str:
-    if source not in SOURCES:
-        raise InvalidRequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    return source
-
-
-def _check_tags(tags: Iterable[str] | None) -> list[str]:
-    if tags is None:
-        return []
-    if isinstance(tags, str):
-        raise InvalidRequestError("tags must be a list of strings, not a single string")
-    result = []
-    for tag in tags:
-        if not isinstance(tag, str) or not tag:
-            raise InvalidRequestError(f"every tag must be a non-empty string, got {tag!r}")
-        check_text(tag, "tag")
-        result.append(tag)
-    return result

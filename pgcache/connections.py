@@ -28,8 +28,8 @@ class Database:
         url: str,
         *,
         max_size: int = 10,
-        connect_timeout: float = 5.0,
-        statement_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        statement_timeout: float = 2.0,
     ) -> None:
         self.url = url
         options = " ".join(
@@ -67,7 +67,17 @@ class Database:
         except PoolTimeout as exc:
             raise DatabaseError(f"no connection to the cache database {redact(self.url)}: {exc}") from exc
         except psycopg.Error as exc:
+            if isinstance(exc, psycopg.OperationalError):
+                self._discard_broken()
             raise DatabaseError(f"cache database error: {exc}") from exc
+
+    def _discard_broken(self) -> None:
+        # After a server restart every idle connection is dead; drop them all now rather
+        # than failing once per connection (the pool reconnects in the background).
+        try:
+            self.pool.check()
+        except Exception:  # the server may still be down; the next call finds out
+            pass
 
     def close(self) -> None:
         self.pool.close()

@@ -73,6 +73,8 @@ def sweep(
         if not conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_ID,)).fetchone()[0]:
             result.skipped = True
             return result
+        # Batches may take longer than a lookup's statement timeout; they hold no lock lookups need.
+        conn.execute("SET statement_timeout = '5min'")
         try:
             def out_of_time() -> bool:
                 return max_seconds is not None and time.monotonic() - started >= max_seconds
@@ -97,6 +99,7 @@ def sweep(
                         result.complete = False
                         break
         finally:
+            conn.execute("RESET statement_timeout")
             conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_ID,))
     result.seconds = time.monotonic() - started
     return result

@@ -37,6 +37,10 @@ class Settings:
     max_entries: int | None = None
     prices: dict[str, tuple[float, float]] | None = None
     """Token prices for reports (``PGCACHE_PRICES``); ``None``: the built-in table."""
+    connect_timeout: float = 2.0
+    statement_timeout: float = 2.0
+    single_flight_wait: float = 30.0
+    bypass_nonzero_temperature: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +66,10 @@ class Settings:
             threshold=_threshold(get("THRESHOLD")),
             max_entries=_count(get("MAX_ENTRIES"), "PGCACHE_MAX_ENTRIES"),
             prices=parse_prices(get("PRICES")) if get("PRICES") else None,
+            connect_timeout=_seconds(get("CONNECT_TIMEOUT"), "PGCACHE_CONNECT_TIMEOUT", 2.0),
+            statement_timeout=_seconds(get("STATEMENT_TIMEOUT"), "PGCACHE_STATEMENT_TIMEOUT", 2.0),
+            single_flight_wait=_seconds(get("SINGLE_FLIGHT_WAIT"), "PGCACHE_SINGLE_FLIGHT_WAIT", 30.0),
+            bypass_nonzero_temperature=_flag(get("BYPASS_NONZERO_TEMPERATURE"), "PGCACHE_BYPASS_NONZERO_TEMPERATURE"),
         )
 
     def make_embedder(self, client=None):
@@ -91,3 +99,26 @@ def _count(value: str | None, name: str) -> int | None:
     if not value.isdigit():
         raise ConfigurationError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
+
+
+def _seconds(value: str | None, name: str, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return number
+
+
+def _flag(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    lowered = value.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {value!r}")

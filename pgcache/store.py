@@ -54,6 +54,23 @@ RETURNING id
 """
 
 
+# Take the lease on a key, or take over one that lapsed; returns a row only to the new holder.
+ACQUIRE_LEASE = """
+INSERT INTO pgcache_inflight AS f (exact_key, expires_at)
+VALUES (%(key)s, now() + %(seconds)s * interval '1 second')
+ON CONFLICT (exact_key) DO UPDATE SET expires_at = EXCLUDED.expires_at WHERE f.expires_at <= now()
+RETURNING true
+"""
+
+# What a waiting process needs in one round trip: the answer if stored, and whether a lease is live.
+POLL_LEASE = f"""
+SELECT e.id, e.response, e.prompt_tokens, e.completion_tokens,
+       EXISTS (SELECT 1 FROM pgcache_inflight WHERE exact_key = %(key)s AND expires_at > now())
+FROM (SELECT 1) AS one
+LEFT JOIN pgcache_entries AS e ON e.exact_key = %(key)s AND {_LIVE}
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """An entry as a lookup returns it."""
@@ -89,6 +106,20 @@ class NewEntry:
 def find_exact(conn: psycopg.Connection, exact_key: bytes) -> Row | None:
     row = conn.execute(FIND_EXACT, (exact_key,)).fetchone()
     return Row(*row) if row else None
+
+
+def acquire_lease(conn: psycopg.Connection, exact_key: bytes, seconds: float) -> bool:
+    return conn.execute(ACQUIRE_LEASE, {"key": exact_key, "seconds": seconds}).fetchone() is not None
+
+
+def poll_lease(conn: psycopg.Connection, exact_key: bytes) -> tuple[Row | None, bool]:
+    """The stored entry for the key (or None) and whether another process still holds its lease."""
+    *entry, leased = conn.execute(POLL_LEASE, {"key": exact_key}).fetchone()
+    return (Row(*entry) if entry[0] is not None else None), leased
+
+
+def release_lease(conn: psycopg.Connection, exact_key: bytes) -> None:
+    conn.execute("DELETE FROM pgcache_inflight WHERE exact_key = %s", (exact_key,))
 
 
 def live_keys(conn: psycopg.Connection, exact_keys: Sequence[bytes]) -> set[bytes]:

@@ -43,14 +43,16 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
     assert _tables(database_url) == {db.VERSION_TABLE}
     assert db.current_revision(database_url) is None
     db.upgrade(database_url)
-    assert _tables(database_url) == {db.VERSION_TABLE, "pgcache_entries", "pgcache_lookups"}
+    assert _tables(database_url) == {db.VERSION_TABLE, "pgcache_entries", "pgcache_lookups", "pgcache_inflight"}
     assert db.current_revision(database_url) == db.head_revision()
 
 
 def test_external_database_without_schema_names_the_upgrade_command(empty_database_url, llm):
-    cache = Cache(empty_database_url, llm=llm)
+    cache = Cache(empty_database_url, llm=llm, fail_open=False)
     with pytest.raises(SchemaError, match="pgcache db upgrade"):
         cache.lookup("anything")
+    with pytest.raises(SchemaError, match="pgcache db upgrade"):
+        Cache(empty_database_url, llm=llm).store("q", "a"), "explicit writes raise even when failing open"
     assert _tables(empty_database_url) == set(), "nothing is created behind the user's back"
 
 
@@ -134,6 +136,6 @@ class _Embedder:
 
 def test_old_schema_names_the_upgrade_command(database_url, llm):
     db.downgrade(database_url, "0001")
-    cache = Cache(database_url, embedder=_Embedder(), llm=llm)
+    cache = Cache(database_url, embedder=_Embedder(), llm=llm, fail_open=False)
     with pytest.raises(SchemaError, match=r"at revision 0001 but this version needs \w+: run `pgcache db upgrade`"):
         cache.lookup("anything")
