@@ -496,8 +496,12 @@ class Cache:
         return value
 
     def _record(self, record: LookupRecord) -> None:
-        if self._ledger is not None:
-            self._ledger.record(record)
+        if self._ledger is None:  # a bypass can come before anything opened the database
+            try:
+                self._guard(self.database)
+            except (_Unavailable, PgcacheError):
+                return
+        self._ledger.record(record)
 
     def _find(self, key: RequestKey, record: LookupRecord, threshold: float | None) -> tuple[CacheResult | None, Any]:
         """Exact tier, then semantic tier; returns the hit (or None) and the query vector, filling ``record``."""

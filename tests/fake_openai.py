@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -65,13 +66,16 @@ class FakeOpenAI:
             self.chat_requests: list[dict] = []
             self.headers: list[dict] = []
             self.fail_chat = None  # an HTTP status to answer chat calls with
+            self.chat_delay = 0.0  # seconds each chat call takes
 
     def chat(self, body: dict) -> tuple[int, dict]:
         with self.lock:
             self.calls["chat"] += 1
             number = self.calls["chat"]
             self.chat_requests.append(body)
-            fail = self.fail_chat
+            fail, delay = self.fail_chat, self.chat_delay
+        if delay:
+            time.sleep(delay)
         if fail:
             return fail, {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
         last = body["messages"][-1].get("content")
