@@ -7,6 +7,8 @@
 """
 
 from .cache import Cache
+from .client import wrap
+from .options import CallOptions
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Cache",
     "CacheResult",
+    "CallOptions",
     "ConfigurationError",
     "DatabaseError",
     "EmbedderError",
@@ -30,4 +33,5 @@ __all__ = [
     "PgcacheError",
     "SchemaError",
     "Settings",
+    "wrap",
 ]

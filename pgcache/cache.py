@@ -425,6 +425,18 @@ class Cache:
 
     def _begin(self, messages, model, params, options: CallOptions) -> CacheResult | Flight:
         """Everything before the LLM call: a hit to return, or the flight a miss continues with."""
+        found = self._look_up(messages, model, params, options)
+        if isinstance(found, Flight) and found.contend:
+            steps = self._contend(found)
+            try:
+                while True:
+                    time.sleep(next(steps))
+            except StopIteration as done:
+                found = done.value
+        return found
+
+    def _look_up(self, messages, model, params, options: CallOptions) -> CacheResult | Flight:
+        """Key, bypass policy and both tiers; a miss comes back as a Flight (``contend``: single-flight next)."""
         key, model, namespace = self._key(messages, model, options.namespace, params)
         record = _new_record(model, namespace)
         flight = Flight(key, model, namespace, options, record)
@@ -438,15 +450,52 @@ class Cache:
         flight.store = not options.no_store
         try:
             hit, flight.vector = self._guard(self._find, key, record, options.threshold)
-            if hit is None and self.single_flight:
-                hit = self._wait_or_lead(flight)
         except _Unavailable as exc:
             record.outcome, record.error = "error", exc.reason
             return _takeoff(flight)
         if hit is not None:
             self._record(record)
             return hit
+        flight.contend = self.single_flight
         return _takeoff(flight)
+
+    def _contend(self, flight: Flight):
+        """Single-flight, as a generator that yields the seconds to sleep and returns the hit or the flight.
+
+        Take the key's lease (then this caller asks the LLM), or wait for the
+        holder's answer; a sync caller sleeps, an async one awaits.
+        """
+        flight.contend = False
+        key = flight.key.exact_key
+        deadline = time.monotonic() + self.single_flight_wait
+        try:
+            while True:
+                if self._guard(self._with_conn, store.acquire_lease, key, self.lease_seconds):
+                    flight.leased = True
+                    # The answer may have been stored between our miss and the lease.
+                    row = self._guard(self._with_conn, store.find_exact, key)
+                    break
+                delay = 0.01
+                while True:
+                    row, leased = self._guard(self._with_conn, store.poll_lease, key)
+                    if row is not None or not leased:
+                        break  # an answer; or the holder gave up without one: take over
+                    if time.monotonic() >= deadline:
+                        _log.info("pgcache: waited %.0fs for another caller's answer; asking the LLM",
+                                  self.single_flight_wait)
+                        return _takeoff(flight)
+                    yield delay
+                    delay = min(delay * 1.5, 0.25)
+                if row is not None:
+                    break
+        except _Unavailable:
+            return _takeoff(flight)
+        if row is None:
+            return _takeoff(flight)
+        self._release(flight)
+        hit = self._hit(row, "exact", flight.record)
+        self._record(flight.record)
+        return hit
 
     def _finish(self, flight: Flight, completion: Any) -> CacheResult:
         """After the LLM answered: store the answer (unless told not to), release the lease, log the lookup."""
@@ -554,29 +603,6 @@ class Cache:
             response=row.response, model=record.model, namespace=record.namespace, lookup_id=record.id,
         )
 
-    def _wait_or_lead(self, flight: Flight) -> CacheResult | None:
-        """Single-flight: take the key's lease (return None: ask the LLM), or wait for the holder's answer."""
-        key = flight.key.exact_key
-        deadline = time.monotonic() + self.single_flight_wait
-        while True:
-            if self._guard(self._with_conn, store.acquire_lease, key, self.lease_seconds):
-                flight.leased = True
-                # The answer may have been stored between our miss and the lease.
-                row = self._guard(self._with_conn, store.find_exact, key)
-                return None if row is None else self._hit(row, "exact", flight.record)
-            delay = 0.01
-            while True:
-                row, leased = self._guard(self._with_conn, store.poll_lease, key)
-                if row is not None:
-                    return self._hit(row, "exact", flight.record)
-                if not leased:
-                    break  # the holder gave up without an answer: take over
-                if time.monotonic() >= deadline:
-                    _log.info("pgcache: waited %.0fs for another caller's answer; asking the LLM", self.single_flight_wait)
-                    return None
-                time.sleep(delay)
-                delay = min(delay * 1.5, 0.25)
-
     def _release(self, flight: Flight) -> None:
         if flight.leased:
             flight.leased = False
@@ -619,6 +645,7 @@ class Flight:
     vector: Any = None
     store: bool = True
     leased: bool = False
+    contend: bool = False
     llm_started: float = 0.0
 
 

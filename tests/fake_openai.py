@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,6 +68,7 @@ class FakeOpenAI:
             self.headers: list[dict] = []
             self.fail_chat = None  # an HTTP status to answer chat calls with
             self.chat_delay = 0.0  # seconds each chat call takes
+            self.break_stream_after = None  # drop the connection after this many streamed chunks
 
     def chat(self, body: dict) -> tuple[int, dict]:
         with self.lock:
@@ -79,25 +81,55 @@ class FakeOpenAI:
         if fail:
             return fail, {"error": {"message": "upstream failure", "type": "server_error", "code": None}}
         last = body["messages"][-1].get("content")
-        content = f"answer #{number} to: {last}"
+        choices = []
+        for index in range(body.get("n") or 1):
+            content = f"answer #{number} to: {last}" + (f" (choice {index})" if index else "")
+            message = {"role": "assistant", "content": content, "refusal": None}
+            finish = "stop"
+            if (body.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+                message["content"] = json.dumps({"answer": content, "number": number})
+            if body.get("tools") and body.get("tool_choice") != "none":
+                tool = body["tools"][0]["function"]["name"]
+                message["content"] = None
+                message["tool_calls"] = [{"id": f"call_{number}_{index}", "type": "function",
+                                          "function": {"name": tool, "arguments": json.dumps({"q": last})}}]
+                finish = "tool_calls"
+            choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
         words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
+        produced = sum(len(str(c["message"]["content"] or "").split()) + 1 for c in choices)
         return 200, {
             "id": f"chatcmpl-fake-{number}",
             "object": "chat.completion",
             "created": 1_700_000_000 + number,
             "model": body["model"],
             "system_fingerprint": "fp_fake",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": content, "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {"prompt_tokens": words, "completion_tokens": len(content.split()),
-                      "total_tokens": words + len(content.split())},
+            "choices": choices,
+            "usage": {"prompt_tokens": words, "completion_tokens": produced, "total_tokens": words + produced},
         }
+
+    def stream_events(self, completion: dict, include_usage: bool) -> list[dict]:
+        """The chunks a real server would stream for ``completion``: role, words, tool calls, finish."""
+        base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
+        base["object"] = "chat.completion.chunk"
+        events = []
+        for choice in completion["choices"]:
+            index, message = choice["index"], choice["message"]
+            first = "" if message["content"] is not None else None  # as OpenAI: "" before text, null before tool calls
+            events.append({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": first}}]})
+            for piece in re.split(r"(?<= )", message["content"] or ""):
+                if piece:
+                    events.append({**base, "choices": [{"index": index, "delta": {"content": piece}}]})
+            for position, call in enumerate(message.get("tool_calls") or []):
+                arguments = call["function"]["arguments"]
+                events.append({**base, "choices": [{"index": index, "delta": {"tool_calls": [
+                    {"index": position, "id": call["id"], "type": "function",
+                     "function": {"name": call["function"]["name"], "arguments": arguments[:5]}}]}}]})
+                events.append({**base, "choices": [{"index": index, "delta": {"tool_calls": [
+                    {"index": position, "function": {"arguments": arguments[5:]}}]}}]})
+            events.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+        if include_usage:
+            events.append({**base, "choices": [], "usage": completion["usage"]})
+        return events
 
     def embeddings(self, body: dict) -> tuple[int, dict]:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
@@ -126,6 +158,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.headers.append(dict(self.headers))
         if self.path.endswith("/chat/completions"):
             status, payload = self.fake.chat(body)
+            if status == 200 and body.get("stream"):
+                include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+                self._stream(self.fake.stream_events(payload, include_usage))
+                return
         elif self.path.endswith("/embeddings"):
             status, payload = self.fake.embeddings(body)
         else:
@@ -136,6 +172,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _stream(self, events: list[dict]) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        limit = self.fake.break_stream_after
+        for number, event in enumerate(events):
+            if limit is not None and number >= limit:
+                self.close_connection = True
+                self.wfile.flush()
+                self.connection.shutdown(2)  # mid-stream: no [DONE], no final chunk
+                return
+            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+        self._chunk(b"data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
         pass
