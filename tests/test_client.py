@@ -203,3 +203,13 @@ async def _enumerate(stream):
     async for item in stream:
         yield number, item
         number += 1
+
+
+def test_api_key_never_reaches_the_database(client, fake, database_url, caplog):
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Trace": "1"})
+    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    client.cache.flush()
+    dump = query(database_url, "SELECT string_agg(t::text, ' ') FROM (SELECT row_to_json(e)::text AS t FROM "
+                               "pgcache_entries e UNION ALL SELECT row_to_json(l)::text FROM pgcache_lookups l) AS rows")
+    assert dump[0][0] and TEST_API_KEY not in dump[0][0] and "X-Trace" not in dump[0][0]
+    assert TEST_API_KEY not in caplog.text

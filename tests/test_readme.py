@@ -56,3 +56,19 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
     assert "warmed FAQ entries in namespace 'demo': 12" in done.stdout
     summary = done.stdout.strip().splitlines()[-1]
     assert summary == "summary: 10 questions, 2 exact hits, 6 semantic hits, 2 misses; no API key used"
+
+
+def test_drop_in_example_runs(database_url, fake):
+    from .conftest import TEST_API_KEY
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?)```", readme.split("## Drop-in", 1)[1], re.S).group(1)
+    script = block + (
+        "\nfor _ in range(2):\n"
+        "    done = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
+        "    print(done.pgcache.status, done.choices[0].message.content)\n")
+    env = {**os.environ, "PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url,
+           "OPENAI_API_KEY": TEST_API_KEY}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["miss answer #1 to: hi", "exact answer #1 to: hi"]

@@ -70,3 +70,16 @@ def test_bad_prices_name_the_variable(value, message):
 def test_prices_extend_the_builtin_table():
     prices = Settings.from_env({"PGCACHE_PRICES": '{"my-model": [1, 2]}'}).prices
     assert prices["my-model"] == (1.0, 2.0) and prices["gpt-4o-mini"] == (0.15, 0.60)
+
+
+def test_fail_open_settings():
+    settings = Settings.from_env({"PGCACHE_CONNECT_TIMEOUT": "3", "PGCACHE_STATEMENT_TIMEOUT": "0.5",
+                                  "PGCACHE_SINGLE_FLIGHT_WAIT": "10", "PGCACHE_BYPASS_NONZERO_TEMPERATURE": "yes"})
+    assert (settings.connect_timeout, settings.statement_timeout, settings.single_flight_wait,
+            settings.bypass_nonzero_temperature) == (3.0, 0.5, 10.0, True)
+    cache = Cache.from_env({"PGCACHE_SINGLE_FLIGHT_WAIT": "10", "PGCACHE_BYPASS_NONZERO_TEMPERATURE": "1",
+                            "PGCACHE_DATABASE_URL": "postgres://u@h/d"})
+    assert (cache.single_flight_wait, cache.bypass_nonzero_temperature) == (10.0, True)
+    for name, value in (("PGCACHE_STATEMENT_TIMEOUT", "-1"), ("PGCACHE_BYPASS_NONZERO_TEMPERATURE", "maybe")):
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_env({name: value})
