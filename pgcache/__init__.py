@@ -8,7 +8,6 @@
 
 from .cache import Cache
 from .client import wrap
-from .options import CallOptions
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -17,6 +16,7 @@ from .errors import (
     PgcacheError,
     SchemaError,
 )
+from .options import CallOptions
 from .result import CacheResult
 from .settings import Settings
 

@@ -5,27 +5,29 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 import weakref
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import db, maintenance, store
+from . import db, store
+from .admin import CacheAdmin
 from .breaker import CircuitBreaker
 from .connections import Database
 from .durations import parse_ttl
 from .embedders import OpenAIEmbedder, embed_texts, threshold_for
-from .errors import ConfigurationError, DatabaseError, EmbedderError, InvalidRequestError, PgcacheError
+from .errors import (
+    ConfigurationError,
+    DatabaseError,
+    EmbedderError,
+    InvalidRequestError,
+    PgcacheError,
+)
+from .flight import Flight, Unavailable, new_record, takeoff
 from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
 from .options import UNSET, CallOptions
 from .prices import DEFAULT_PRICES
-from .report import build_report
 from .responses import check_text, completion_dict, content_of, storable_json, usage_of
 from .result import CacheResult
 from .settings import DEFAULT_MODEL, DEFAULT_NAMESPACE, Settings
@@ -41,15 +43,7 @@ _log = logging.getLogger(__name__)
 _UNSET: Any = UNSET
 
 
-class _Unavailable(Exception):
-    """The cache database was skipped or failed; the call goes on without it."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Cache:
+class Cache(CacheAdmin):
     """A persistent LLM response cache on PostgreSQL + pgvector.
 
     Args:
@@ -212,10 +206,10 @@ class Cache:
         """
         key, model, namespace = self._key(prompt_or_messages, model, namespace, params)
         threshold = None if threshold is None else check_threshold(threshold)
-        record = _new_record(model, namespace)
+        record = new_record(model, namespace)
         try:
             hit, _ = self._guard(self._find, key, record, threshold)
-        except _Unavailable as exc:
+        except Unavailable as exc:
             hit, record.outcome, record.error = None, "error", exc.reason
         self._record(record)
         return hit
@@ -327,77 +321,6 @@ class Cache:
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
         return self.chat([{"role": "user", "content": prompt}], model, **kwargs)
 
-    # -- maintenance ----------------------------------------------------------
-
-    def sweep(self, **options: Any) -> maintenance.SweepResult:
-        """Delete expired entries and old ledger rows in batches (see :func:`pgcache.maintenance.sweep`)."""
-        return maintenance.sweep(self.database(), **options)
-
-    def invalidate(self, *, yes: bool = False, **filters: Any) -> int:
-        """Delete the entries every given filter matches; return how many.
-
-        Filters: ``prompt``, ``similar_to`` (text) with ``min_similarity``
-        (default: the cache's threshold), ``tags``, ``model``, ``older_than``
-        (a duration), ``source``, ``key`` (hex exact key), ``all=True``, and
-        ``namespace`` (default: the cache's). Deleting every entry of a
-        namespace needs ``yes=True``.
-        """
-        return maintenance.invalidate(self.database(), self._filters(**filters), yes=yes)
-
-    def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
-        """What ``invalidate`` with the same filters would delete: the count and a sample."""
-        return maintenance.preview_invalidation(self.database(), self._filters(**filters), limit)
-
-    def reindex(self, **options: Any) -> maintenance.ReindexResult:
-        """Retrain the ivfflat index for the current row count (``lists`` ≈ rows / 1000)."""
-        return maintenance.reindex(self.database(), **options)
-
-    def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,
-               limit: int = 10) -> dict[str, Any]:
-        """Hit rates, tokens, money and LLM time saved, top entries and near misses.
-
-        ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
-        and ``None`` means all of them (unlike lookups, which use the cache's namespace).
-        """
-        window = None
-        if since is not None:
-            seconds = parse_ttl(since, name="since")
-            window = None if seconds is None else timedelta(seconds=seconds)
-        return build_report(self.database(), self.prices, since=window, namespace=namespace,
-                                   model=model, limit=limit)
-
-    def index_status(self) -> maintenance.IndexStatus:
-        return maintenance.index_status(self.database())
-
-    def _filters(self, *, namespace: str | None = None, prompt: str | None = None, similar_to: str | None = None,
-                 min_similarity: float | None = None, tags: Iterable[str] | None = None, model: str | None = None,
-                 older_than: Any = None, source: str | None = None, key: str | None = None,
-                 all: bool = False) -> maintenance.Filters:  # noqa: A002 - mirrors the CLI's --all
-        filters = maintenance.Filters(
-            namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
-            prompt=prompt, model=model, tags=check_tags(tags), everything=all,
-        )
-        if source is not None:
-            filters.source = check_source(source)
-        if older_than is not None:
-            filters.older_than_seconds = parse_ttl(older_than, name="older_than")
-            if filters.older_than_seconds is None:
-                raise InvalidRequestError("older_than must be a duration such as 30m, 12h or 7d")
-        if key is not None:
-            try:
-                filters.key = bytes.fromhex(key)
-            except ValueError:
-                filters.key = b""
-            if len(filters.key) != 32:
-                raise InvalidRequestError(f"key must be 64 hexadecimal characters (a SHA-256), got {key!r}")
-        if similar_to is not None:
-            filters.min_similarity = self.threshold if min_similarity is None else check_threshold(min_similarity)
-            filters.embedder = self.embedder.name
-            filters.similar_to = embed_texts(self.embedder, [similar_to])[0]
-        elif min_similarity is not None:
-            raise InvalidRequestError("min_similarity only applies together with similar_to")
-        return filters
-
     def flush(self) -> None:
         """Write queued ledger rows and hit counts now."""
         if self._ledger is not None:
@@ -438,26 +361,26 @@ class Cache:
     def _look_up(self, messages, model, params, options: CallOptions) -> CacheResult | Flight:
         """Key, bypass policy and both tiers; a miss comes back as a Flight (``contend``: single-flight next)."""
         key, model, namespace = self._key(messages, model, options.namespace, params)
-        record = _new_record(model, namespace)
+        record = new_record(model, namespace)
         flight = Flight(key, model, namespace, options, record)
         temperature = params.get("temperature")
         if self.bypass_nonzero_temperature and temperature is not None and temperature > 0:
             record.outcome, flight.store = "bypass", False
-            return _takeoff(flight)
+            return takeoff(flight)
         if options.bypass:
             record.outcome, flight.store = "bypass", not options.no_store
-            return _takeoff(flight)
+            return takeoff(flight)
         flight.store = not options.no_store
         try:
             hit, flight.vector = self._guard(self._find, key, record, options.threshold)
-        except _Unavailable as exc:
+        except Unavailable as exc:
             record.outcome, record.error = "error", exc.reason
-            return _takeoff(flight)
+            return takeoff(flight)
         if hit is not None:
             self._record(record)
             return hit
         flight.contend = self.single_flight
-        return _takeoff(flight)
+        return takeoff(flight)
 
     def _contend(self, flight: Flight):
         """Single-flight, as a generator that yields the seconds to sleep and returns the hit or the flight.
@@ -483,15 +406,15 @@ class Cache:
                     if time.monotonic() >= deadline:
                         _log.info("pgcache: waited %.0fs for another caller's answer; asking the LLM",
                                   self.single_flight_wait)
-                        return _takeoff(flight)
+                        return takeoff(flight)
                     yield delay
                     delay = min(delay * 1.5, 0.25)
                 if row is not None:
                     break
-        except _Unavailable:
-            return _takeoff(flight)
+        except Unavailable:
+            return takeoff(flight)
         if row is None:
-            return _takeoff(flight)
+            return takeoff(flight)
         self._release(flight)
         hit = self._hit(row, "exact", flight.record)
         self._record(flight.record)
@@ -510,7 +433,7 @@ class Cache:
                 if flight.vector is not None:
                     entry.embedder, entry.embedding = self.embedder.name, flight.vector
                 record.entry_id = self._guard(self._insert, entry)
-        except _Unavailable:
+        except Unavailable:
             pass
         except InvalidRequestError as exc:
             # The answer is paid for and correct; failing to cache it must not lose it.
@@ -531,16 +454,16 @@ class Cache:
         self._record(flight.record)
 
     def _guard(self, operation, *args):
-        """Run a database operation; with ``fail_open``, failures trip the breaker and raise :class:`_Unavailable`."""
+        """Run a database operation; with ``fail_open``, failures trip the breaker and raise :class:`Unavailable`."""
         if not self.fail_open:
             return operation(*args)
         if not self.breaker.allow():
-            raise _Unavailable("database: skipped while unavailable")
+            raise Unavailable("database: skipped while unavailable")
         try:
             value = operation(*args)
         except DatabaseError as exc:
             self.breaker.failure(exc)
-            raise _Unavailable(f"database: {type(exc).__name__}") from exc
+            raise Unavailable(f"database: {type(exc).__name__}") from exc
         self.breaker.success()
         return value
 
@@ -548,7 +471,7 @@ class Cache:
         if self._ledger is None:  # a bypass can come before anything opened the database
             try:
                 self._guard(self.database)
-            except (_Unavailable, PgcacheError):
+            except (Unavailable, PgcacheError):
                 return
         self._ledger.record(record)
 
@@ -608,7 +531,7 @@ class Cache:
             flight.leased = False
             try:
                 self._guard(self._with_conn, store.release_lease, flight.key.exact_key)
-            except _Unavailable:
+            except Unavailable:
                 pass  # the lease lapses on its own
 
     def _with_conn(self, function, *args):
@@ -631,34 +554,6 @@ class Cache:
             tags=tags, source=source, ttl=ttl, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, total_tokens=total_tokens,
         )
-
-
-@dataclass
-class Flight:
-    """A request on its way to the LLM after a miss (or a bypass)."""
-
-    key: RequestKey
-    model: str
-    namespace: str
-    options: CallOptions
-    record: LookupRecord
-    vector: Any = None
-    store: bool = True
-    leased: bool = False
-    contend: bool = False
-    llm_started: float = 0.0
-
-
-def _takeoff(flight: Flight) -> Flight:
-    flight.llm_started = time.perf_counter()
-    return flight
-
-
-def _new_record(model: str, namespace: str) -> LookupRecord:
-    return LookupRecord(
-        id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
-        outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0,
-    )
 
 
 def _embeddable(prompt: str | None) -> bool:

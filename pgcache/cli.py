@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import db, embedded, report_render, warm as warming
+from . import db, embedded, report_render
+from . import warm as warming
 from .cache import Cache
 from .durations import parse_ttl
 from .errors import PgcacheError

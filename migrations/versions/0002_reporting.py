@@ -34,7 +34,7 @@ VIEWS = {
         FROM pgcache_lookups
         GROUP BY 1, 2, 3
     """,
-    "pgcache_namespace_stats": f"""
+    "pgcache_namespace_stats": """
         SELECT n.namespace,
                coalesce(e.entries, 0) AS entries,
                coalesce(e.live_entries, 0) AS live_entries,

@@ -1,0 +1,89 @@
+"""Maintenance and reporting methods of :class:`pgcache.Cache`: invalidate, sweep, reindex, report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from . import maintenance
+from .durations import parse_ttl
+from .embedders import embed_texts
+from .errors import InvalidRequestError
+from .report import build_report
+from .validation import check_name, check_source, check_tags, check_threshold
+
+
+class CacheAdmin:
+    """Mixed into ``Cache``; relies on its ``database()``, ``namespace``, ``embedder``, ``threshold`` and ``prices``.
+    """
+
+    def sweep(self, **options: Any) -> maintenance.SweepResult:
+        """Delete expired entries and old ledger rows in batches (see :func:`pgcache.maintenance.sweep`)."""
+        return maintenance.sweep(self.database(), **options)
+
+    def invalidate(self, *, yes: bool = False, **filters: Any) -> int:
+        """Delete the entries every given filter matches; return how many.
+
+        Filters: ``prompt``, ``similar_to`` (text) with ``min_similarity``
+        (default: the cache's threshold), ``tags``, ``model``, ``older_than``
+        (a duration), ``source``, ``key`` (hex exact key), ``all=True``, and
+        ``namespace`` (default: the cache's). Deleting every entry of a
+        namespace needs ``yes=True``.
+        """
+        return maintenance.invalidate(self.database(), self._filters(**filters), yes=yes)
+
+    def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
+        """What ``invalidate`` with the same filters would delete: the count and a sample."""
+        return maintenance.preview_invalidation(self.database(), self._filters(**filters), limit)
+
+    def reindex(self, **options: Any) -> maintenance.ReindexResult:
+        """Retrain the ivfflat index for the current row count (``lists`` ≈ rows / 1000)."""
+        return maintenance.reindex(self.database(), **options)
+
+    def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,
+               limit: int = 10) -> dict[str, Any]:
+        """Hit rates, tokens, money and LLM time saved, top entries and near misses.
+
+        ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
+        and ``None`` means all of them (unlike lookups, which use the cache's namespace).
+        """
+        window = None
+        if since is not None:
+            seconds = parse_ttl(since, name="since")
+            window = None if seconds is None else timedelta(seconds=seconds)
+        return build_report(self.database(), self.prices, since=window, namespace=namespace,
+                                   model=model, limit=limit)
+
+    def index_status(self) -> maintenance.IndexStatus:
+        return maintenance.index_status(self.database())
+
+    def _filters(self, *, namespace: str | None = None, prompt: str | None = None, similar_to: str | None = None,
+                 min_similarity: float | None = None, tags: Iterable[str] | None = None, model: str | None = None,
+                 older_than: Any = None, source: str | None = None, key: str | None = None,
+                 all: bool = False) -> maintenance.Filters:  # noqa: A002 - mirrors the CLI's --all
+        filters = maintenance.Filters(
+            namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
+            prompt=prompt, model=model, tags=check_tags(tags), everything=all,
+        )
+        if source is not None:
+            filters.source = check_source(source)
+        if older_than is not None:
+            filters.older_than_seconds = parse_ttl(older_than, name="older_than")
+            if filters.older_than_seconds is None:
+                raise InvalidRequestError("older_than must be a duration such as 30m, 12h or 7d")
+        if key is not None:
+            try:
+                filters.key = bytes.fromhex(key)
+            except ValueError:
+                filters.key = b""
+            if len(filters.key) != 32:
+                raise InvalidRequestError(f"key must be 64 hexadecimal characters (a SHA-256), got {key!r}")
+        if similar_to is not None:
+            filters.min_similarity = self.threshold if min_similarity is None else check_threshold(min_similarity)
+            filters.embedder = self.embedder.name
+            filters.similar_to = embed_texts(self.embedder, [similar_to])[0]
+        elif min_similarity is not None:
+            raise InvalidRequestError("min_similarity only applies together with similar_to")
+        return filters
+
