@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class Cache(CacheAdmin):
         self.embedder_breaker = CircuitBreaker()
         self._db: Database | None = None
         self._ledger: LedgerWriter | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
 
@@ -166,6 +168,15 @@ class Cache(CacheAdmin):
 
                 self._llm = openai.OpenAI()
             return self._llm
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """Threads on which async callers (``pgcache.wrap(AsyncOpenAI())``) run the cache's blocking work."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=self._pool_options["max_size"] + 2,
+                                                    thread_name_prefix="pgcache")
+            return self._executor
 
     @property
     def threshold(self) -> float:
@@ -329,6 +340,9 @@ class Cache(CacheAdmin):
     def close(self) -> None:
         """Flush the ledger and close the connection pool."""
         with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             if self._finalizer is not None:
                 self._finalizer()
                 self._db = self._ledger = self._finalizer = None

@@ -10,12 +10,18 @@ Per-call options go in one keyword, ``pgcache={...}`` (see
 :class:`~pgcache.options.CallOptions`), removed before the SDK call.
 
 The async wrapper never blocks the event loop: the cache's database and
-embedding work runs in worker threads, and single-flight waits are awaited.
+embedding work runs on the cache's own worker threads (``Cache.executor``) and
+single-flight waits are awaited. It shares the sync path's code and connection
+pool rather than using psycopg's async connections: an async pool is bound to
+the event loop that opened it, while one cache often serves several loops (and
+sync callers) in the same process, and one code path keeps the two behaving
+alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any
 
 from .cache import Cache, Flight
@@ -95,23 +101,28 @@ class _AsyncCompletions(_Passthrough):
         try:
             upstream = await self._inner.create(messages=messages, model=model, stream=stream, **params)
         except BaseException as exc:
-            await asyncio.to_thread(self.cache._abort, found, exc)
+            await _offload(self.cache, self.cache._abort, found, exc)
             raise
         if stream:
             return AsyncLiveStream(upstream, self.cache, found)
-        return _attach(upstream, await asyncio.to_thread(self.cache._finish, found, upstream))
+        return _attach(upstream, await _offload(self.cache, self.cache._finish, found, upstream))
 
 
 async def _begin_async(cache: Cache, messages, model, params, options) -> CacheResult | Flight:
-    found = await asyncio.to_thread(cache._look_up, messages, model, params, options)
+    found = await _offload(cache, cache._look_up, messages, model, params, options)
     if isinstance(found, Flight) and found.contend:
         steps = cache._contend(found)
         while True:
-            done, value = await asyncio.to_thread(_step, steps)
+            done, value = await _offload(cache, _step, steps)
             if done:
                 return value
             await asyncio.sleep(value)
     return found
+
+
+async def _offload(cache: Cache, function, *args) -> Any:
+    """Run blocking cache work on the cache's own threads, so neither the loop nor the app's executor waits."""
+    return await asyncio.get_running_loop().run_in_executor(cache.executor, functools.partial(function, *args))
 
 
 def _step(steps) -> tuple[bool, Any]:
@@ -248,16 +259,16 @@ class AsyncLiveStream(_LiveBase):
         try:
             chunk = await self._upstream.__anext__()
         except StopAsyncIteration:
-            await asyncio.to_thread(self._done)
+            await _offload(self._cache, self._done)
             raise
         except BaseException as exc:
-            await asyncio.to_thread(self._failed, exc)
+            await _offload(self._cache, self._failed, exc)
             raise
         self._accumulator.add(chunk)
         return chunk
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._failed, GeneratorExit())
+        await _offload(self._cache, self._failed, GeneratorExit())
         await self._upstream.close()
 
     async def __aenter__(self) -> AsyncLiveStream:
