@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from . import maintenance
+import numpy as np
+
+from . import maintenance, quality, store
 from .durations import parse_ttl
 from .embedders import embed_texts
 from .errors import InvalidRequestError
@@ -52,8 +54,43 @@ class CacheAdmin:
         if since is not None:
             seconds = parse_ttl(since, name="since")
             window = None if seconds is None else timedelta(seconds=seconds)
-        return build_report(self.database(), self.prices, since=window, namespace=namespace,
-                                   model=model, limit=limit)
+        figures = build_report(self.database(), self.prices, since=window, namespace=namespace,
+                               model=model, limit=limit)
+        value, source = self.threshold_in_force(namespace)
+        figures["threshold"] = {"namespace": namespace or self.namespace, "embedder": self.embedder.name,
+                                "value": value, "source": source}
+        return figures
+
+    def evaluate(self, pairs: list[quality.Pair]) -> dict[str, Any]:
+        """Precision, recall and F1 of the semantic decision on labelled pairs, across thresholds.
+
+        Also the figures at the threshold in force for the cache's namespace.
+        """
+        sims = quality.similarities(self.embedder, pairs)
+        labels = np.array([p.label for p in pairs])
+        threshold, source = self.threshold_in_force()
+        return {
+            "embedder": self.embedder.name, "pairs": len(pairs), "positives": int(labels.sum()),
+            "threshold": threshold, "threshold_source": source,
+            "at_threshold": quality.stats_at(sims, labels, threshold).as_dict(),
+            "grid": [stats.as_dict() for stats in quality.evaluate(sims, labels)],
+        }
+
+    def calibrate(self, pairs: list[quality.Pair], *, target_precision: float = 0.98, source: str = "pairs",
+                  namespace: str | None = None, save: bool = True) -> quality.ThresholdStats | None:
+        """Choose the lowest threshold meeting ``target_precision`` (95% lower bound) and store it.
+
+        Returns ``None`` (and stores nothing) when no threshold reaches the target on these pairs.
+        """
+        namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
+        sims = quality.similarities(self.embedder, pairs)
+        chosen = quality.calibrate(sims, np.array([p.label for p in pairs]), target_precision)
+        if chosen is not None and save:
+            with self.database().connection() as conn:
+                store.save_threshold(conn, namespace, self.embedder.name, chosen.threshold, target_precision,
+                                     chosen.precision_lower, len(pairs), source)
+            self._calibrated.pop((namespace, self.embedder.name), None)
+        return chosen
 
     def index_status(self) -> maintenance.IndexStatus:
         return maintenance.index_status(self.database())

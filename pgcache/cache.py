@@ -6,8 +6,8 @@ import logging
 import threading
 import time
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from .validation import (
 )
 
 _log = logging.getLogger(__name__)
+CALIBRATION_REFRESH_SECONDS = 60.0
 _UNSET: Any = UNSET
 
 
@@ -126,6 +127,7 @@ class Cache(CacheAdmin):
         self._db: Database | None = None
         self._ledger: LedgerWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._calibrated: dict[tuple[str, str], tuple[float, Any]] = {}
         self._finalizer: weakref.finalize | None = None
         self._lock = threading.Lock()
 
@@ -180,8 +182,33 @@ class Cache(CacheAdmin):
 
     @property
     def threshold(self) -> float:
-        """Minimum cosine similarity for a semantic hit."""
-        return self._threshold if self._threshold is not None else threshold_for(self.embedder)
+        """Minimum cosine similarity for a semantic hit in the cache's namespace."""
+        return self.threshold_in_force()[0]
+
+    def threshold_in_force(self, namespace: str | None = None) -> tuple[float, str]:
+        """The threshold for ``namespace`` and where it comes from.
+
+        In order: the ``threshold`` this cache was given; the one ``pgcache
+        calibrate`` stored for the namespace and embedder (re-read at most once
+        a minute); the embedder's default.
+        """
+        if self._threshold is not None:
+            return self._threshold, "configured"
+        embedder = self.embedder
+        namespace = self.namespace if namespace is None else namespace
+        cache_key = (namespace, embedder.name)
+        cached = self._calibrated.get(cache_key)
+        if cached is None or time.monotonic() - cached[0] > CALIBRATION_REFRESH_SECONDS:
+            try:
+                row = self._guard(self._with_conn, store.calibrated_threshold, namespace, embedder.name)
+            except Unavailable:
+                row = cached[1] if cached else None
+            cached = (time.monotonic(), row)
+            self._calibrated[cache_key] = cached
+        if cached[1] is not None:
+            value, source, when = cached[1]
+            return value, f"calibrated on {source} at {when:%Y-%m-%d %H:%M} UTC"
+        return threshold_for(embedder), f"default for {embedder.name}"
 
     def database(self) -> Database:
         """The connection pool, opened (and the embedded schema migrated) on first use."""
@@ -502,7 +529,7 @@ class Cache(CacheAdmin):
         if vector is not None:
             embedder = self.embedder
             if threshold is None:  # resolved only here: an exact hit never needs it
-                threshold = self.threshold
+                threshold = self.threshold_in_force(record.namespace)[0]
             record.embedder, record.threshold = embedder.name, threshold
             with database.connection() as conn:
                 row = store.find_nearest(conn, key.scope_key, embedder.name, vector)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import db, embedded, report_render
+from . import db, embedded, quality, report_render
 from . import warm as warming
 from .cache import Cache
 from .durations import parse_ttl
@@ -283,6 +283,77 @@ def report(
         from rich.console import Console
 
         report_render.render(figures, Console())
+
+
+PairsFile = Annotated[Path, typer.Argument(help="CSV or TSV with a, b, label columns (1: one answer serves both).")]
+
+
+@app.command("eval")
+def evaluate(
+    pairs: PairsFile,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    namespace: Namespace = None,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Precision, recall and F1 of the semantic decision across thresholds, for the configured embedder.
+
+    Example: PGCACHE_EMBEDDER=local pgcache eval pairs.csv --format json
+    """
+    if output not in ("table", "json"):
+        raise PgcacheError(f"--format must be table or json, got {output!r}")
+    labelled = quality.read_pairs(pairs)
+    with _cache(database_url, data_dir, namespace) as cache:
+        figures = cache.evaluate(labelled)
+    if output == "json":
+        typer.echo(json.dumps(figures, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"{figures['pairs']} pairs ({figures['positives']} same-answer), embedder {figures['embedder']}")
+    table = Table()
+    for column in ("threshold", "precision", "95% lower", "recall", "F1", "wrong hits"):
+        table.add_column(column, justify="right")
+    for row in figures["grid"]:
+        table.add_row(f"{row['threshold']:.2f}", _ratio(row["precision"]), _ratio(row["precision_lower"]),
+                      _ratio(row["recall"]), _ratio(row["f1"]), f"{row['wrong_hit_rate']:.1%}")
+    console.print(table)
+    at = figures["at_threshold"]
+    console.print(f"in force: {figures['threshold']:.4f} ({figures['threshold_source']}): precision "
+                  f"{_ratio(at['precision'])}, recall {_ratio(at['recall'])}, wrong hits {at['wrong_hit_rate']:.1%}")
+
+
+@app.command()
+def calibrate(
+    pairs: PairsFile,
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    namespace: Namespace = None,
+    target_precision: Annotated[float, typer.Option(help="Precision to reach at the 95% lower bound.")] = 0.98,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the threshold; store nothing.")] = False,
+) -> None:
+    """Choose and store the lowest threshold whose precision (95% lower bound) meets the target.
+
+    Stored per namespace and embedder, so every process uses it.
+
+    Example: PGCACHE_EMBEDDER=local pgcache calibrate pairs.csv --target-precision 0.98
+    """
+    labelled = quality.read_pairs(pairs)
+    with _cache(database_url, data_dir, namespace) as cache:
+        chosen = cache.calibrate(labelled, target_precision=target_precision, source=pairs.name, save=not dry_run)
+        embedder = cache.embedder.name
+    if chosen is None:
+        raise PgcacheError(f"no threshold reaches precision {target_precision} (95% lower bound) on these "
+                           f"{len(labelled)} pairs; nothing stored")
+    verb = "would store" if dry_run else "stored"
+    typer.echo(f"{verb} threshold {chosen.threshold:.4f} for {embedder}: precision {chosen.precision:.3f} "
+               f"(95% lower bound {chosen.precision_lower:.3f}), recall {_ratio(chosen.recall)} on {len(labelled)} pairs")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -119,3 +119,20 @@ class Inflight(Base):
 
     exact_key: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+
+class CalibratedThreshold(Base):
+    """The threshold ``pgcache calibrate`` chose for a namespace and embedder."""
+
+    __tablename__ = "pgcache_thresholds"
+
+    namespace: Mapped[str] = mapped_column(Text, primary_key=True)
+    embedder: Mapped[str] = mapped_column(Text, primary_key=True)
+    threshold: Mapped[float] = mapped_column(Double, nullable=False)
+    target_precision: Mapped[float] = mapped_column(Double, nullable=False)
+    precision_lower: Mapped[float] = mapped_column(Double, nullable=False)
+    pairs: Mapped[int] = mapped_column(Integer, nullable=False)
+    source: Mapped[str] = mapped_column(Text, nullable=False)
+    calibrated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("threshold > 0 AND threshold <= 1", name="threshold"),)

@@ -53,6 +53,9 @@ def render(report: dict[str, Any], console) -> None:
         ("money saved", _dollars(totals["dollars_saved"])),
         ("LLM time saved", _seconds(totals["llm_seconds_saved"])),
     ]
+    if report.get("threshold"):
+        threshold = report["threshold"]
+        rows.append(("semantic threshold", f"{threshold['value']:.4f} ({threshold['source']})"))
     for name, value in rows:
         summary.add_row(name, str(value))
     console.print(summary)

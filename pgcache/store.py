@@ -122,6 +122,26 @@ def release_lease(conn: psycopg.Connection, exact_key: bytes) -> None:
     conn.execute("DELETE FROM pgcache_inflight WHERE exact_key = %s", (exact_key,))
 
 
+def calibrated_threshold(conn: psycopg.Connection, namespace: str, embedder: str) -> tuple | None:
+    """``(threshold, source, calibrated_at)`` stored by calibration, or None."""
+    return conn.execute(
+        "SELECT threshold, source, calibrated_at FROM pgcache_thresholds WHERE namespace = %s AND embedder = %s",
+        (namespace, embedder)).fetchone()
+
+
+def save_threshold(conn: psycopg.Connection, namespace: str, embedder: str, threshold: float,
+                   target_precision: float, precision_lower: float, pairs: int, source: str) -> None:
+    conn.execute("""
+        INSERT INTO pgcache_thresholds AS t
+            (namespace, embedder, threshold, target_precision, precision_lower, pairs, source)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (namespace, embedder) DO UPDATE SET
+            threshold = EXCLUDED.threshold, target_precision = EXCLUDED.target_precision,
+            precision_lower = EXCLUDED.precision_lower, pairs = EXCLUDED.pairs, source = EXCLUDED.source,
+            calibrated_at = now()
+        """, (namespace, embedder, threshold, target_precision, precision_lower, pairs, source))
+
+
 def live_keys(conn: psycopg.Connection, exact_keys: Sequence[bytes]) -> set[bytes]:
     """Which of ``exact_keys`` have a live entry."""
     rows = conn.execute(f"SELECT exact_key FROM pgcache_entries WHERE exact_key = ANY(%s) AND {_LIVE}",

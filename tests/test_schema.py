@@ -43,7 +43,8 @@ def test_downgrade_to_base_and_upgrade_again(database_url):
     assert _tables(database_url) == {db.VERSION_TABLE}
     assert db.current_revision(database_url) is None
     db.upgrade(database_url)
-    assert _tables(database_url) == {db.VERSION_TABLE, "pgcache_entries", "pgcache_lookups", "pgcache_inflight"}
+    assert _tables(database_url) == {db.VERSION_TABLE, "pgcache_entries", "pgcache_lookups", "pgcache_inflight",
+                                     "pgcache_thresholds"}
     assert db.current_revision(database_url) == db.head_revision()
 
 
