@@ -25,6 +25,7 @@ from .errors import (
     PgcacheError,
 )
 from .flight import Flight, Unavailable, new_record, takeoff
+from .guard import rejects as guard_rejects
 from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
 from .options import UNSET, CallOptions
@@ -76,6 +77,11 @@ class Cache(CacheAdmin):
             holds across processes and machines.
         bypass_nonzero_temperature: neither look up nor store requests whose
             ``temperature`` is above 0 (default: cache every request).
+        guard, sure: a semantic candidate whose similarity is at least the
+            threshold but below ``sure`` is served only if the offline guard
+            (:mod:`pgcache.guard`) finds no difference that embeddings miss
+            (numbers, negation, opposite operations, names, question type,
+            argument order). Candidates at ``sure`` or above are served directly.
     """
 
     def __init__(
@@ -97,6 +103,8 @@ class Cache(CacheAdmin):
         single_flight: bool = True,
         single_flight_wait: float = 30.0,
         bypass_nonzero_temperature: bool = False,
+        guard: bool = True,
+        sure: float = 0.95,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
         self.data_dir = Path(data_dir) if data_dir else None
@@ -121,6 +129,8 @@ class Cache(CacheAdmin):
         self.single_flight_wait = float(single_flight_wait)
         self.lease_seconds = max(300.0, 2 * self.single_flight_wait)
         self.bypass_nonzero_temperature = bypass_nonzero_temperature
+        self.guard = guard
+        self.sure = check_threshold(sure)
         self.breaker = CircuitBreaker()
         """Trips while the database fails; ``breaker.failures`` and ``breaker.skipped`` count."""
         self.embedder_breaker = CircuitBreaker()
@@ -147,6 +157,8 @@ class Cache(CacheAdmin):
             "statement_timeout": settings.statement_timeout,
             "single_flight_wait": settings.single_flight_wait,
             "bypass_nonzero_temperature": settings.bypass_nonzero_temperature,
+            "guard": settings.guard,
+            "sure": settings.sure,
         }
         options.update(overrides)
         if options.get("embedder") is None:
@@ -537,6 +549,11 @@ class Cache(CacheAdmin):
                 record.similarity, record.candidate_id = row.similarity, row.id
                 if row.similarity < threshold:
                     row = None
+                elif self.guard and row.similarity < self.sure and row.prompt is not None:
+                    # The verification band: close enough to hit, not so close as to be sure.
+                    rule = guard_rejects(key.prompt, row.prompt)
+                    if rule is not None:
+                        record.rejected_by, row = f"guard: {rule}", None
             status = "semantic"
         record.latency_ms = (time.perf_counter() - started) * 1000
         if row is None:

@@ -103,6 +103,7 @@ class Lookup(Base):
     error: Mapped[str | None] = mapped_column(Text)
     candidate_id: Mapped[int | None] = mapped_column(BigInteger)
     llm_ms: Mapped[float | None] = mapped_column(Double)
+    rejected_by: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),

@@ -41,6 +41,8 @@ class Settings:
     statement_timeout: float = 2.0
     single_flight_wait: float = 30.0
     bypass_nonzero_temperature: bool = False
+    guard: bool = True
+    sure: float = 0.95
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -70,6 +72,8 @@ class Settings:
             statement_timeout=_seconds(get("STATEMENT_TIMEOUT"), "PGCACHE_STATEMENT_TIMEOUT", 2.0),
             single_flight_wait=_seconds(get("SINGLE_FLIGHT_WAIT"), "PGCACHE_SINGLE_FLIGHT_WAIT", 30.0),
             bypass_nonzero_temperature=_flag(get("BYPASS_NONZERO_TEMPERATURE"), "PGCACHE_BYPASS_NONZERO_TEMPERATURE"),
+            guard=_flag(get("GUARD"), "PGCACHE_GUARD", default=True),
+            sure=_threshold(get("SURE_THRESHOLD"), "PGCACHE_SURE_THRESHOLD") or 0.95,
         )
 
     def make_embedder(self, client=None):
@@ -81,7 +85,7 @@ class Settings:
         return OpenAIEmbedder(client=client, model=self.embedding_model or DEFAULT_EMBEDDING_MODEL)
 
 
-def _threshold(value: str | None) -> float | None:
+def _threshold(value: str | None, name: str = "PGCACHE_THRESHOLD") -> float | None:
     if value is None:
         return None
     try:
@@ -89,7 +93,7 @@ def _threshold(value: str | None) -> float | None:
     except ValueError:
         number = math.nan
     if not 0.0 < number <= 1.0:
-        raise ConfigurationError(f"PGCACHE_THRESHOLD must be a cosine similarity in (0, 1], got {value!r}")
+        raise ConfigurationError(f"{name} must be a cosine similarity in (0, 1], got {value!r}")
     return number
 
 
@@ -113,9 +117,9 @@ def _seconds(value: str | None, name: str, default: float) -> float:
     return number
 
 
-def _flag(value: str | None, name: str) -> bool:
+def _flag(value: str | None, name: str, default: bool = False) -> bool:
     if value is None:
-        return False
+        return default
     lowered = value.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True

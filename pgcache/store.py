@@ -25,13 +25,13 @@ WHERE exact_key = %s AND {_LIVE}
 # iterative scans its rows may come slightly out of order, so they are re-sorted.
 FIND_NEAREST = f"""
 WITH candidates AS MATERIALIZED (
-    SELECT id, response, prompt_tokens, completion_tokens, embedding <=> %(q)s AS distance
+    SELECT id, response, prompt_tokens, completion_tokens, prompt, embedding <=> %(q)s AS distance
     FROM pgcache_entries
     WHERE scope_key = %(scope)s AND embedder = %(embedder)s AND {_LIVE}
     ORDER BY embedding <=> %(q)s
     LIMIT %(k)s
 )
-SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity
+SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity, prompt
 FROM candidates ORDER BY distance LIMIT 1
 """
 
@@ -80,6 +80,7 @@ class Row:
     prompt_tokens: int | None
     completion_tokens: int | None
     similarity: float | None = None
+    prompt: str | None = None
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Calibrated thresholds per namespace and embedder, shared by every process.
+"""Calibrated thresholds per namespace and embedder, shared by every process; guard verdicts in the ledger.
 
 Revision ID: 0004
 Revises: 0003
@@ -15,6 +15,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.add_column("pgcache_lookups", sa.Column("rejected_by", sa.Text(), nullable=True))
     op.create_table(
         "pgcache_thresholds",
         sa.Column("namespace", sa.Text(), nullable=False),
@@ -32,3 +33,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pgcache_thresholds")
+    op.drop_column("pgcache_lookups", "rejected_by")
