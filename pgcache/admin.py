@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -77,12 +78,21 @@ class CacheAdmin:
         }
 
     def calibrate(self, pairs: list[quality.Pair], *, target_precision: float = 0.98, source: str = "pairs",
-                  namespace: str | None = None, save: bool = True) -> quality.ThresholdStats | None:
+                  namespace: str | None = None, save: bool = True,
+                  with_feedback: bool = False) -> quality.ThresholdStats | None:
         """Choose the lowest threshold meeting ``target_precision`` (95% lower bound) and store it.
 
-        Returns ``None`` (and stores nothing) when no threshold reaches the target on these pairs.
+        ``with_feedback`` adds the pairs judged with ``report_wrong_hit`` /
+        ``report_right_hit`` in the namespace. Returns ``None`` (and stores
+        nothing) when no threshold reaches the target on these pairs.
         """
         namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
+        if with_feedback:
+            with self.database().connection() as conn:
+                judged = store.feedback_pairs(conn, namespace, self.embedder.name)
+            pairs = [*pairs, *(quality.Pair(a, b, label) for a, b, label in judged if a != b)]
+            if not pairs:
+                raise InvalidRequestError("no labelled pairs: give a pairs file or record feedback first")
         sims = quality.similarities(self.embedder, pairs)
         chosen = quality.calibrate(sims, np.array([p.label for p in pairs]), target_precision)
         if chosen is not None and save:
@@ -91,6 +101,32 @@ class CacheAdmin:
                                      chosen.precision_lower, len(pairs), source)
             self._calibrated.pop((namespace, self.embedder.name), None)
         return chosen
+
+    def report_wrong_hit(self, lookup_id: Any) -> float | None:
+        """A semantic hit served the wrong answer: keep the pair, and raise that entry's own threshold
+        just above the similarity that served it, so the same phrasing no longer hits it (true
+        paraphrases closer than that still do). Returns the entry's new threshold.
+        """
+        return self._feedback(lookup_id, "wrong")
+
+    def report_right_hit(self, lookup_id: Any) -> None:
+        """A semantic hit served the right answer: keep the pair as a positive example for calibration."""
+        self._feedback(lookup_id, "right")
+
+    def _feedback(self, lookup_id: Any, verdict: str) -> float | None:
+        try:
+            lookup_id = uuid.UUID(str(lookup_id))
+        except ValueError:
+            raise InvalidRequestError(f"lookup id must be a UUID, got {lookup_id!r}") from None
+        self.flush()  # the lookup may still be queued for the ledger
+        with self.database().connection() as conn:
+            outcome, new_threshold = store.record_feedback(conn, lookup_id, verdict)
+        if outcome == "unknown":
+            raise InvalidRequestError(f"no lookup {lookup_id} in the ledger")
+        if outcome != "semantic":
+            raise InvalidRequestError(f"lookup {lookup_id} was {'a miss' if outcome == 'miss' else f'an {outcome} hit'}"
+                                      "; feedback applies to semantic hits")
+        return new_threshold
 
     def index_status(self) -> maintenance.IndexStatus:
         return maintenance.index_status(self.database())

@@ -549,6 +549,8 @@ class Cache(CacheAdmin):
                 record.similarity, record.candidate_id = row.similarity, row.id
                 if row.similarity < threshold:
                     row = None
+                elif row.min_similarity is not None and row.similarity < row.min_similarity:
+                    record.rejected_by, row = "feedback: entry threshold", None
                 elif self.guard and row.similarity < self.sure and row.prompt is not None:
                     # The verification band: close enough to hit, not so close as to be sure.
                     rule = guard_rejects(key.prompt, row.prompt)
@@ -558,6 +560,8 @@ class Cache(CacheAdmin):
         record.latency_ms = (time.perf_counter() - started) * 1000
         if row is None:
             return None, vector
+        if status == "semantic":
+            record.prompt = key.prompt  # so that feedback on this hit can keep the pair
         return self._hit(row, status, record), vector
 
     def _embed_query(self, prompt: str, record: LookupRecord) -> Any:

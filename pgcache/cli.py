@@ -333,6 +333,8 @@ def calibrate(
     namespace: Namespace = None,
     target_precision: Annotated[float, typer.Option(help="Precision to reach at the 95% lower bound.")] = 0.98,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the threshold; store nothing.")] = False,
+    with_feedback: Annotated[bool, typer.Option("--with-feedback",
+                                                help="Add the pairs judged with `pgcache feedback`.")] = False,
 ) -> None:
     """Choose and store the lowest threshold whose precision (95% lower bound) meets the target.
 
@@ -342,7 +344,8 @@ def calibrate(
     """
     labelled = quality.read_pairs(pairs)
     with _cache(database_url, data_dir, namespace) as cache:
-        chosen = cache.calibrate(labelled, target_precision=target_precision, source=pairs.name, save=not dry_run)
+        chosen = cache.calibrate(labelled, target_precision=target_precision, source=pairs.name, save=not dry_run,
+                                 with_feedback=with_feedback)
         embedder = cache.embedder.name
     if chosen is None:
         raise PgcacheError(f"no threshold reaches precision {target_precision} (95% lower bound) on these "
@@ -350,6 +353,30 @@ def calibrate(
     verb = "would store" if dry_run else "stored"
     typer.echo(f"{verb} threshold {chosen.threshold:.4f} for {embedder}: precision {chosen.precision:.3f} "
                f"(95% lower bound {chosen.precision_lower:.3f}), recall {_ratio(chosen.recall)} on {len(labelled)} pairs")
+
+
+@app.command()
+def feedback(
+    verdict: Annotated[str, typer.Argument(help="wrong or right.")],
+    lookup_id: Annotated[str, typer.Argument(help="The lookup's id (CacheResult.lookup_id, pgcache_lookups.id).")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Judge a semantic hit. "wrong" raises that entry's own threshold so the same phrasing misses it.
+
+    Both verdicts keep the pair for `pgcache calibrate --with-feedback`.
+
+    Example: pgcache feedback wrong 0b7e9c1e-5d7c-4c39-9a53-7f0f5f3c2a11
+    """
+    if verdict not in ("wrong", "right"):
+        raise PgcacheError(f"verdict must be wrong or right, got {verdict!r}")
+    with _cache(database_url, data_dir) as cache:
+        if verdict == "right":
+            cache.report_right_hit(lookup_id)
+            typer.echo("kept as a right hit")
+            return
+        threshold = cache.report_wrong_hit(lookup_id)
+    typer.echo(f"kept as a wrong hit; the entry now needs similarity >= {threshold:.5f}")
 
 
 def _ratio(value: float | None) -> str:

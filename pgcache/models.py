@@ -67,6 +67,7 @@ class Entry(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
+    min_similarity: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
         CheckConstraint("source IN ('llm', 'warm', 'manual')", name="source"),
@@ -104,6 +105,7 @@ class Lookup(Base):
     candidate_id: Mapped[int | None] = mapped_column(BigInteger)
     llm_ms: Mapped[float | None] = mapped_column(Double)
     rejected_by: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),
@@ -137,3 +139,21 @@ class CalibratedThreshold(Base):
     calibrated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (CheckConstraint("threshold > 0 AND threshold <= 1", name="threshold"),)
+
+
+class Feedback(Base):
+    """A verdict on a semantic hit: kept as a labelled pair for calibration."""
+
+    __tablename__ = "pgcache_feedback"
+
+    lookup_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    verdict: Mapped[str] = mapped_column(Text, nullable=False)
+    namespace: Mapped[str] = mapped_column(Text, nullable=False)
+    embedder: Mapped[str | None] = mapped_column(Text)
+    entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    prompt: Mapped[str | None] = mapped_column(Text)
+    entry_prompt: Mapped[str | None] = mapped_column(Text)
+    similarity: Mapped[float | None] = mapped_column(Double)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("verdict IN ('right', 'wrong')", name="verdict"),)

@@ -25,13 +25,13 @@ WHERE exact_key = %s AND {_LIVE}
 # iterative scans its rows may come slightly out of order, so they are re-sorted.
 FIND_NEAREST = f"""
 WITH candidates AS MATERIALIZED (
-    SELECT id, response, prompt_tokens, completion_tokens, prompt, embedding <=> %(q)s AS distance
+    SELECT id, response, prompt_tokens, completion_tokens, prompt, min_similarity, embedding <=> %(q)s AS distance
     FROM pgcache_entries
     WHERE scope_key = %(scope)s AND embedder = %(embedder)s AND {_LIVE}
     ORDER BY embedding <=> %(q)s
     LIMIT %(k)s
 )
-SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity, prompt
+SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity, prompt, min_similarity
 FROM candidates ORDER BY distance LIMIT 1
 """
 
@@ -81,6 +81,7 @@ class Row:
     completion_tokens: int | None
     similarity: float | None = None
     prompt: str | None = None
+    min_similarity: float | None = None
 
 
 @dataclass(slots=True)
@@ -141,6 +142,43 @@ def save_threshold(conn: psycopg.Connection, namespace: str, embedder: str, thre
             precision_lower = EXCLUDED.precision_lower, pairs = EXCLUDED.pairs, source = EXCLUDED.source,
             calibrated_at = now()
         """, (namespace, embedder, threshold, target_precision, precision_lower, pairs, source))
+
+
+# A wrong hit raises the entry's own threshold just above the similarity that served it.
+FEEDBACK_MARGIN = 1e-5
+
+
+def record_feedback(conn: psycopg.Connection, lookup_id, verdict: str) -> tuple[str, float | None]:
+    """Keep a verdict on a lookup; on ``wrong``, tighten the entry. Returns the lookup's outcome and the new entry threshold."""
+    with conn.transaction():
+        found = conn.execute("""
+            SELECT l.outcome, l.entry_id, l.similarity, l.namespace, l.embedder, l.prompt, e.prompt
+            FROM pgcache_lookups AS l LEFT JOIN pgcache_entries AS e ON e.id = l.entry_id
+            WHERE l.id = %s""", (lookup_id,)).fetchone()
+        if found is None:
+            return "unknown", None
+        outcome, entry_id, similarity, namespace, embedder, prompt, entry_prompt = found
+        if outcome != "semantic":
+            return outcome, None
+        conn.execute("""
+            INSERT INTO pgcache_feedback (lookup_id, verdict, namespace, embedder, entry_id, prompt, entry_prompt, similarity)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (lookup_id) DO UPDATE SET verdict = EXCLUDED.verdict, created_at = now()""",
+                     (lookup_id, verdict, namespace, embedder, entry_id, prompt, entry_prompt, similarity))
+        if verdict != "wrong":
+            return outcome, None
+        row = conn.execute("""
+            UPDATE pgcache_entries SET min_similarity = greatest(coalesce(min_similarity, 0), %s)
+            WHERE id = %s RETURNING min_similarity""", (similarity + FEEDBACK_MARGIN, entry_id)).fetchone()
+        return outcome, row[0] if row else None
+
+
+def feedback_pairs(conn: psycopg.Connection, namespace: str, embedder: str) -> list[tuple[str, str, int]]:
+    rows = conn.execute("""
+        SELECT prompt, entry_prompt, (verdict = 'right')::int FROM pgcache_feedback
+        WHERE namespace = %s AND embedder = %s AND prompt IS NOT NULL AND entry_prompt IS NOT NULL""",
+                        (namespace, embedder)).fetchall()
+    return [tuple(row) for row in rows]
 
 
 def live_keys(conn: psycopg.Connection, exact_keys: Sequence[bytes]) -> set[bytes]:

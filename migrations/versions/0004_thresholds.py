@@ -1,4 +1,4 @@
-"""Calibrated thresholds per namespace and embedder, shared by every process; guard verdicts in the ledger.
+"""Semantic-hit quality: calibrated thresholds, guard verdicts, feedback and per-entry thresholds.
 
 Revision ID: 0004
 Revises: 0003
@@ -16,6 +16,22 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("pgcache_lookups", sa.Column("rejected_by", sa.Text(), nullable=True))
+    op.add_column("pgcache_lookups", sa.Column("prompt", sa.Text(), nullable=True))
+    op.add_column("pgcache_entries", sa.Column("min_similarity", sa.Double(), nullable=True))
+    op.create_table(
+        "pgcache_feedback",
+        sa.Column("lookup_id", sa.Uuid(), nullable=False),
+        sa.Column("verdict", sa.Text(), nullable=False),
+        sa.Column("namespace", sa.Text(), nullable=False),
+        sa.Column("embedder", sa.Text(), nullable=True),
+        sa.Column("entry_id", sa.BigInteger(), nullable=True),
+        sa.Column("prompt", sa.Text(), nullable=True),
+        sa.Column("entry_prompt", sa.Text(), nullable=True),
+        sa.Column("similarity", sa.Double(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+        sa.CheckConstraint("verdict IN ('right', 'wrong')", name="pgcache_feedback_verdict_check"),
+        sa.PrimaryKeyConstraint("lookup_id", name="pgcache_feedback_pkey"),
+    )
     op.create_table(
         "pgcache_thresholds",
         sa.Column("namespace", sa.Text(), nullable=False),
@@ -33,4 +49,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pgcache_thresholds")
+    op.drop_table("pgcache_feedback")
+    op.drop_column("pgcache_entries", "min_similarity")
+    op.drop_column("pgcache_lookups", "prompt")
     op.drop_column("pgcache_lookups", "rejected_by")
