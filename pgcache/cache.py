@@ -82,6 +82,9 @@ class Cache(CacheAdmin):
             (:mod:`pgcache.guard`) finds no difference that embeddings miss
             (numbers, negation, opposite operations, names, question type,
             argument order). Candidates at ``sure`` or above are served directly.
+        judge: an optional second verifier for the band, e.g.
+            ``pgcache.judge.LLMJudge(client, model="gpt-4o-mini")``: asked after
+            the guard passes; its "no", error or timeout makes a miss.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class Cache(CacheAdmin):
         bypass_nonzero_temperature: bool = False,
         guard: bool = True,
         sure: float = 0.95,
+        judge: Any = None,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
         self.data_dir = Path(data_dir) if data_dir else None
@@ -131,6 +135,7 @@ class Cache(CacheAdmin):
         self.bypass_nonzero_temperature = bypass_nonzero_temperature
         self.guard = guard
         self.sure = check_threshold(sure)
+        self.judge = judge
         self.breaker = CircuitBreaker()
         """Trips while the database fails; ``breaker.failures`` and ``breaker.skipped`` count."""
         self.embedder_breaker = CircuitBreaker()
@@ -160,6 +165,10 @@ class Cache(CacheAdmin):
             "guard": settings.guard,
             "sure": settings.sure,
         }
+        if settings.judge_model:
+            from .judge import LLMJudge
+
+            options["judge"] = LLMJudge(client=llm, model=settings.judge_model)
         options.update(overrides)
         if options.get("embedder") is None:
             options["embedder"] = settings.make_embedder(client=llm)
@@ -551,11 +560,11 @@ class Cache(CacheAdmin):
                     row = None
                 elif row.min_similarity is not None and row.similarity < row.min_similarity:
                     record.rejected_by, row = "feedback: entry threshold", None
-                elif self.guard and row.similarity < self.sure and row.prompt is not None:
+                elif row.similarity < self.sure and row.prompt is not None:
                     # The verification band: close enough to hit, not so close as to be sure.
-                    rule = guard_rejects(key.prompt, row.prompt)
-                    if rule is not None:
-                        record.rejected_by, row = f"guard: {rule}", None
+                    rejected = self._verify(key.prompt, row.prompt, record)
+                    if rejected is not None:
+                        record.rejected_by, row = rejected, None
             status = "semantic"
         record.latency_ms = (time.perf_counter() - started) * 1000
         if row is None:
@@ -563,6 +572,19 @@ class Cache(CacheAdmin):
         if status == "semantic":
             record.prompt = key.prompt  # so that feedback on this hit can keep the pair
         return self._hit(row, status, record), vector
+
+    def _verify(self, prompt: str, cached: str, record: LookupRecord) -> str | None:
+        """Why a candidate in the band is refused (offline guard first, then the LLM judge), or None."""
+        if self.guard:
+            rule = guard_rejects(prompt, cached)
+            if rule is not None:
+                return f"guard: {rule}"
+        if self.judge is not None:
+            verdict = self.judge.verify(prompt, cached)
+            record.judge_tokens = verdict.prompt_tokens + verdict.completion_tokens
+            if not verdict.same:
+                return f"judge: {verdict.error}" if verdict.error else "judge"
+        return None
 
     def _embed_query(self, prompt: str, record: LookupRecord) -> Any:
         """The prompt's vector, or None when the embedder is failing (fail-open: exact tier only)."""

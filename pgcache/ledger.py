@@ -25,8 +25,8 @@ _log = logging.getLogger(__name__)
 INSERT_LOOKUP = """
 INSERT INTO pgcache_lookups (
     id, at, namespace, model, outcome, entry_id, embedder, similarity, threshold,
-    latency_ms, prompt_tokens, completion_tokens, error, candidate_id, llm_ms, rejected_by, prompt
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+    latency_ms, prompt_tokens, completion_tokens, error, candidate_id, llm_ms, rejected_by, prompt, judge_tokens
+) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 
 # Ids are sorted so that concurrent writers lock rows in the same order.
@@ -60,6 +60,7 @@ class LookupRecord:
     rejected_by: str | None = None
     prompt: str | None = None
     """The request's text, kept for semantic hits only (feedback turns it into a labelled pair)."""
+    judge_tokens: int | None = None
 
 
 class LedgerWriter:

@@ -106,6 +106,7 @@ class Lookup(Base):
     llm_ms: Mapped[float | None] = mapped_column(Double)
     rejected_by: Mapped[str | None] = mapped_column(Text)
     prompt: Mapped[str | None] = mapped_column(Text)
+    judge_tokens: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),

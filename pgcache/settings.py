@@ -43,6 +43,7 @@ class Settings:
     bypass_nonzero_temperature: bool = False
     guard: bool = True
     sure: float = 0.95
+    judge_model: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ class Settings:
             bypass_nonzero_temperature=_flag(get("BYPASS_NONZERO_TEMPERATURE"), "PGCACHE_BYPASS_NONZERO_TEMPERATURE"),
             guard=_flag(get("GUARD"), "PGCACHE_GUARD", default=True),
             sure=_threshold(get("SURE_THRESHOLD"), "PGCACHE_SURE_THRESHOLD") or 0.95,
+            judge_model=get("JUDGE_MODEL"),
         )
 
     def make_embedder(self, client=None):

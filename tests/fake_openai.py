@@ -69,8 +69,12 @@ class FakeOpenAI:
             self.fail_chat = None  # an HTTP status to answer chat calls with
             self.chat_delay = 0.0  # seconds each chat call takes
             self.break_stream_after = None  # drop the connection after this many streamed chunks
+            self.judge_answer = "yes"  # what the judge model says; an int: fail with that HTTP status
+            self.judge_calls = 0
 
     def chat(self, body: dict) -> tuple[int, dict]:
+        if "cached answer may be reused" in str(body["messages"][0].get("content")):
+            return self.judge(body)
         with self.lock:
             self.calls["chat"] += 1
             number = self.calls["chat"]
@@ -106,6 +110,17 @@ class FakeOpenAI:
             "choices": choices,
             "usage": {"prompt_tokens": words, "completion_tokens": produced, "total_tokens": words + produced},
         }
+
+    def judge(self, body: dict) -> tuple[int, dict]:
+        with self.lock:
+            self.judge_calls += 1
+            answer = self.judge_answer
+        if isinstance(answer, int):
+            return answer, {"error": {"message": "judge down", "type": "server_error", "code": None}}
+        return 200, {"id": "chatcmpl-judge", "object": "chat.completion", "created": 1, "model": body["model"],
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                  "finish_reason": "stop"}],
+                     "usage": {"prompt_tokens": 60, "completion_tokens": 1, "total_tokens": 61}}
 
     def stream_events(self, completion: dict, include_usage: bool) -> list[dict]:
         """The chunks a real server would stream for ``completion``: role, words, tool calls, finish."""

@@ -86,3 +86,24 @@ def test_above_sure_and_with_the_guard_off_candidates_are_served(database_url, l
         assert sure.lookup("How do I disable two-factor authentication?").status == "semantic", "0.96 >= sure"
     with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.99, guard=False) as off:
         assert off.lookup("How do I disable two-factor authentication?").status == "semantic"
+
+
+@pytest.mark.parametrize("answer, status, rejected", [
+    ("yes", "semantic", None), ("no", None, "judge"), (503, None, "judge: InternalServerError"),
+], ids=["judge says yes", "judge says no", "judge down"])
+def test_llm_judge_in_the_band(database_url, llm, two_factor, answer, status, rejected):
+    from pgcache.judge import LLMJudge
+
+    two_factor.judge_answer = answer
+    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.99,
+               judge=LLMJudge(llm, model="gpt-4o-mini")) as cache:
+        cache.store("How do I enable two-factor authentication?", "Settings > Security > Enable.")
+        hit = cache.lookup("How can I turn on two-factor authentication?")
+        assert (hit.status if hit else None) == status
+        assert cache.lookup("How do I disable two-factor authentication?") is None, "the guard refuses first"
+        cache.flush()
+    assert two_factor.judge_calls == 1, "asked once: the guard already refused the other candidate"
+    assert two_factor.calls["chat"] == 0
+    rows = query(database_url, "SELECT rejected_by, judge_tokens FROM pgcache_lookups ORDER BY at")
+    assert rows[0] == (rejected, 0 if isinstance(answer, int) else 61)
+    assert rows[1] == ("guard: opposites", None)

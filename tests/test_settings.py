@@ -83,3 +83,9 @@ def test_fail_open_settings():
     for name, value in (("PGCACHE_STATEMENT_TIMEOUT", "-1"), ("PGCACHE_BYPASS_NONZERO_TEMPERATURE", "maybe")):
         with pytest.raises(ConfigurationError, match=name):
             Settings.from_env({name: value})
+
+
+def test_judge_from_env(llm):
+    cache = Cache.from_env({"PGCACHE_JUDGE_MODEL": "gpt-4o-mini", "PGCACHE_DATABASE_URL": "postgres://u@h/d"}, llm=llm)
+    assert cache.judge.model == "gpt-4o-mini" and cache.judge.client is llm
+    assert Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d"}).judge is None

@@ -17,6 +17,7 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("pgcache_lookups", sa.Column("rejected_by", sa.Text(), nullable=True))
     op.add_column("pgcache_lookups", sa.Column("prompt", sa.Text(), nullable=True))
+    op.add_column("pgcache_lookups", sa.Column("judge_tokens", sa.Integer(), nullable=True))
     op.add_column("pgcache_entries", sa.Column("min_similarity", sa.Double(), nullable=True))
     op.create_table(
         "pgcache_feedback",
@@ -51,5 +52,6 @@ def downgrade() -> None:
     op.drop_table("pgcache_thresholds")
     op.drop_table("pgcache_feedback")
     op.drop_column("pgcache_entries", "min_similarity")
+    op.drop_column("pgcache_lookups", "judge_tokens")
     op.drop_column("pgcache_lookups", "prompt")
     op.drop_column("pgcache_lookups", "rejected_by")
