@@ -15,12 +15,12 @@ from pgcache.embedders import LocalEmbedder
 
 QUESTIONS = [
     "How do I reset my password?",                # word for word: exact tier
-    "I forgot my password, how can I reset it?",  # paraphrases: semantic tier
+    "I forgot my password, how can I reset it?",  # close paraphrases: semantic tier (0.937, 0.972, 0.924)
     "I want to cancel my subscription",
-    "Do you offer international shipping?",
-    "How do I get a refund?",
     "What payment methods do you accept?",
-    "How do I change my email address?",
+    "Do you offer international shipping?",       # looser paraphrases (0.886, 0.915, 0.901): below the
+    "How do I get a refund?",                     # local model's 0.92 threshold, which keeps wrong hits
+    "How do I change my email address?",          # rare (docs/semantic-quality.md), so they miss
     "Do you have a mobile app?",                  # exact again
     "Can I pay with PayPal?",                     # related but not the same question: miss
     "What is the boiling point of water?",        # unrelated: miss

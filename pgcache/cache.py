@@ -25,7 +25,9 @@ from .errors import (
     PgcacheError,
 )
 from .flight import Flight, Unavailable, new_record, takeoff
+from .guard import DEFAULT_RULES
 from .guard import rejects as guard_rejects
+from .guard import select as select_rules
 from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
 from .options import UNSET, CallOptions
@@ -77,11 +79,13 @@ class Cache(CacheAdmin):
             holds across processes and machines.
         bypass_nonzero_temperature: neither look up nor store requests whose
             ``temperature`` is above 0 (default: cache every request).
-        guard, sure: a semantic candidate whose similarity is at least the
-            threshold but below ``sure`` is served only if the offline guard
-            (:mod:`pgcache.guard`) finds no difference that embeddings miss
-            (numbers, negation, opposite operations, names, question type,
-            argument order). Candidates at ``sure`` or above are served directly.
+        guard, sure, guard_rules: a semantic candidate whose similarity is at
+            least the threshold but below ``sure`` (default 1: every candidate)
+            is served only if the offline guard (:mod:`pgcache.guard`) finds no
+            difference that embeddings miss. ``guard_rules`` names the rules
+            (default :data:`pgcache.guard.DEFAULT_RULES`, the ones that paid in
+            docs/semantic-quality.md; also "numbers", "negation", "opposites",
+            "entities", "question type").
         judge: an optional second verifier for the band, e.g.
             ``pgcache.judge.LLMJudge(client, model="gpt-4o-mini")``: asked after
             the guard passes; its "no", error or timeout makes a miss.
@@ -107,8 +111,9 @@ class Cache(CacheAdmin):
         single_flight_wait: float = 30.0,
         bypass_nonzero_temperature: bool = False,
         guard: bool = True,
-        sure: float = 0.95,
+        sure: float = 1.0,
         judge: Any = None,
+        guard_rules: Iterable[str] | None = None,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
         self.data_dir = Path(data_dir) if data_dir else None
@@ -134,6 +139,7 @@ class Cache(CacheAdmin):
         self.lease_seconds = max(300.0, 2 * self.single_flight_wait)
         self.bypass_nonzero_temperature = bypass_nonzero_temperature
         self.guard = guard
+        self.guard_rules = select_rules(DEFAULT_RULES if guard_rules is None else guard_rules)
         self.sure = check_threshold(sure)
         self.judge = judge
         self.breaker = CircuitBreaker()
@@ -576,7 +582,7 @@ class Cache(CacheAdmin):
     def _verify(self, prompt: str, cached: str, record: LookupRecord) -> str | None:
         """Why a candidate in the band is refused (offline guard first, then the LLM judge), or None."""
         if self.guard:
-            rule = guard_rejects(prompt, cached)
+            rule = guard_rejects(prompt, cached, self.guard_rules)
             if rule is not None:
                 return f"guard: {rule}"
         if self.judge is not None:

@@ -42,7 +42,7 @@ class Settings:
     single_flight_wait: float = 30.0
     bypass_nonzero_temperature: bool = False
     guard: bool = True
-    sure: float = 0.95
+    sure: float = 1.0
     judge_model: str | None = None
 
     @classmethod
@@ -74,7 +74,7 @@ class Settings:
             single_flight_wait=_seconds(get("SINGLE_FLIGHT_WAIT"), "PGCACHE_SINGLE_FLIGHT_WAIT", 30.0),
             bypass_nonzero_temperature=_flag(get("BYPASS_NONZERO_TEMPERATURE"), "PGCACHE_BYPASS_NONZERO_TEMPERATURE"),
             guard=_flag(get("GUARD"), "PGCACHE_GUARD", default=True),
-            sure=_threshold(get("SURE_THRESHOLD"), "PGCACHE_SURE_THRESHOLD") or 0.95,
+            sure=_threshold(get("SURE_THRESHOLD"), "PGCACHE_SURE_THRESHOLD") or 1.0,
             judge_model=get("JUDGE_MODEL"),
         )
 
