@@ -41,7 +41,7 @@ class CacheAdmin:
         return maintenance.preview_invalidation(self.database(), self._filters(**filters), limit)
 
     def reindex(self, **options: Any) -> maintenance.ReindexResult:
-        """Retrain the ivfflat index for the current row count (``lists`` ≈ rows / 1000)."""
+        """Retrain the ivfflat index for the current row count (``lists`` = 2 * sqrt(rows), 1 below 2,000 rows)."""
         return maintenance.reindex(self.database(), **options)
 
     def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,

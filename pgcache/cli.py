@@ -39,6 +39,9 @@ DataDir = Annotated[
 Namespace = Annotated[
     Optional[str], typer.Option("--namespace", "-n", help="Namespace (default: PGCACHE_NAMESPACE or 'default').")
 ]
+Retrain = Annotated[bool, typer.Option(
+    "--retrain/--no-retrain",
+    help="Retrain the ivfflat index when the table has doubled or halved since it was trained.")]
 
 
 def _cache(database_url: str | None, data_dir: Path | None = None, namespace: str | None = None) -> Cache:
@@ -133,6 +136,7 @@ def warm(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Parse and count; write nothing.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Refresh entries that already exist.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad line, before writing anything.")] = False,
+    retrain: Retrain = True,
 ) -> None:
     """Fill the cache from an FAQ file; running it again adds nothing.
 
@@ -149,16 +153,28 @@ def warm(
     with _cache(database_url, data_dir, namespace) as cache:
         result = _run_warm(cache, file, items, model=model, ttl=ttl, tags=tuple(tag or ()), batch_size=batch_size,
                            concurrency=concurrency, replace=replace, dry_run=dry_run)
-        status = None if dry_run else cache.index_status()
-    for error in result.errors:
-        typer.echo(error, err=True)
-    verb = "would add" if dry_run else "added"
-    typer.echo(f"{verb} {result.added}, already present {result.present}, failed {result.failed + len(errors)}")
-    if status is not None and status.needs_reindex:
-        typer.echo(f"the index was trained for {status.lists} lists; {status.rows} rows want "
-                   f"{status.recommended_lists}: run `pgcache reindex`")
+        for error in result.errors:
+            typer.echo(error, err=True)
+        verb = "would add" if dry_run else "added"
+        typer.echo(f"{verb} {result.added}, already present {result.present}, failed {result.failed + len(errors)}")
+        if not dry_run:
+            _keep_index_trained(cache, retrain)
     if result.failed or errors:
         raise typer.Exit(1)
+
+
+def _keep_index_trained(cache: Cache, retrain: bool) -> None:
+    """Retrain the ivfflat index once the table has doubled or halved since it was trained (or advise it)."""
+    status = cache.index_status()
+    if not status.needs_reindex:
+        return
+    if not retrain:
+        typer.echo(f"the index was trained for {status.lists} lists; {status.rows} rows want "
+                   f"{status.recommended_lists}: run `pgcache reindex`")
+        return
+    typer.echo(f"retraining the index for {status.rows} rows: {status.lists} -> {status.recommended_lists} lists")
+    result = cache.reindex()
+    typer.echo(f"index retrained in {result.seconds:.1f}s")
 
 
 def _run_warm(cache: Cache, file: Path, items, **options) -> warming.WarmResult:
@@ -181,6 +197,7 @@ def sweep(
     max_entries: Annotated[Optional[int], typer.Option(
         help="Evict least recently hit entries beyond this many (default: PGCACHE_MAX_ENTRIES).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
+    retrain: Retrain = True,
 ) -> None:
     """Delete expired entries and old ledger rows, in batches, without blocking lookups.
 
@@ -196,13 +213,15 @@ def sweep(
     with _cache(database_url, data_dir) as cache:
         result = cache.sweep(batch_size=batch_size, max_seconds=max_seconds, ledger_retention_days=retention / 86400,
                              max_entries=max_entries, dry_run=dry_run)
-    if result.skipped:
-        typer.echo("another sweep is running; nothing done")
-        return
-    verb = "would delete" if dry_run else "deleted"
-    typer.echo(f"{verb} {result.expired} expired entries, {result.evicted} entries over capacity, "
-               f"{result.lookups} old ledger rows in {result.seconds:.2f}s"
-               + ("" if result.complete else " (time limit reached; run again to finish)"))
+        if result.skipped:
+            typer.echo("another sweep is running; nothing done")
+            return
+        verb = "would delete" if dry_run else "deleted"
+        typer.echo(f"{verb} {result.expired} expired entries, {result.evicted} entries over capacity, "
+                   f"{result.lookups} old ledger rows in {result.seconds:.2f}s"
+                   + ("" if result.complete else " (time limit reached; run again to finish)"))
+        if not dry_run:
+            _keep_index_trained(cache, retrain)
 
 
 @app.command()
@@ -244,7 +263,7 @@ def invalidate(
 def reindex(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
-    lists: Annotated[Optional[int], typer.Option(help="ivfflat lists (default: rows/1000, sqrt(rows) above 1M).")] = None,
+    lists: Annotated[Optional[int], typer.Option(help="ivfflat lists (default: 1 below 2,000 rows, else 2*sqrt(rows)).")] = None,
     maintenance_work_mem: Annotated[str, typer.Option(help="Memory for the index build.")] = "512MB",
 ) -> None:
     """Retrain the ivfflat index for the current number of entries, concurrently.

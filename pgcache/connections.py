@@ -30,16 +30,15 @@ class Database:
         max_size: int = 10,
         connect_timeout: float = 2.0,
         statement_timeout: float = 2.0,
+        application_name: str = "pgcache",
     ) -> None:
         self.url = url
         options = " ".join(
             [
                 f"-c statement_timeout={int(statement_timeout * 1000)}",
                 f"-c lock_timeout={int(statement_timeout * 1000)}",
-                # pgvector 0.8: keep scanning lists until enough rows pass the scope filter.
-                "-c ivfflat.iterative_scan=relaxed_order",
-                # Ten lists per query once the index is trained (a one-list index is scanned whole).
-                "-c ivfflat.probes=10",
+                # Lookups are short: compiling them would cost more than it saves.
+                "-c jit=off",
             ]
         )
         self.pool = ConnectionPool(
@@ -49,12 +48,12 @@ class Database:
             kwargs={
                 "autocommit": True,
                 "connect_timeout": max(1, int(connect_timeout)),
-                "application_name": "pgcache",
+                "application_name": application_name,
                 "options": options,
             },
             configure=register_vector,
             timeout=connect_timeout,
-            name="pgcache",
+            name=application_name,
             open=True,
         )
 

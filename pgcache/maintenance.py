@@ -16,8 +16,8 @@ from .errors import InvalidRequestError
 
 INDEX_NAME = "pgcache_entries_embedding_idx"
 SWEEP_LOCK_ID = 0x70676373776565  # "pgcswee"
-# Below this many vectors an exact scan is fast, so the single-list index is kept.
-REINDEX_MIN_ROWS = 10_000
+# Below this many vectors an exact scan of the one-list index stays under ~5 ms (docs/benchmarks.md).
+EXACT_SEARCH_ROWS = 2_000
 
 _LIVE = "(expires_at IS NULL OR expires_at > now())"
 
@@ -195,15 +195,20 @@ class IndexStatus:
 
     @property
     def needs_reindex(self) -> bool:
-        return self.rows >= REINDEX_MIN_ROWS and (
-            self.recommended_lists >= 2 * self.lists or self.lists >= 2 * self.recommended_lists)
+        """The table has doubled or halved since the index was trained (or crossed the exact-search size)."""
+        return self.recommended_lists >= 2 * self.lists or self.lists >= 2 * self.recommended_lists
 
 
 def recommended_lists(rows: int) -> int:
-    """pgvector's guidance: rows / 1000 up to 1M rows, sqrt(rows) above."""
-    if rows <= 1_000_000:
-        return max(1, rows // 1000)
-    return int(math.sqrt(rows))
+    """One list (exact search) for small tables, then 2 * sqrt(rows).
+
+    More, smaller lists than pgvector's rows / 1000 guidance: at 100k entries 632 lists
+    probed 4 at a time gave higher recall in less time than 100 lists probed 4 at a time
+    (docs/benchmarks.md, index lifecycle). Lookups probe ``pgcache_probes(lists)`` lists.
+    """
+    if rows < EXACT_SEARCH_ROWS:
+        return 1
+    return min(32_768, round(2 * math.sqrt(rows)))
 
 
 def index_status(database: Database) -> IndexStatus:

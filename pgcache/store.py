@@ -21,19 +21,8 @@ FROM pgcache_entries
 WHERE exact_key = %s AND {_LIVE}
 """
 
-# The inner ORDER BY ... LIMIT is what the ivfflat index serves; with relaxed
-# iterative scans its rows may come slightly out of order, so they are re-sorted.
-FIND_NEAREST = f"""
-WITH candidates AS MATERIALIZED (
-    SELECT id, response, prompt_tokens, completion_tokens, prompt, min_similarity, embedding <=> %(q)s AS distance
-    FROM pgcache_entries
-    WHERE scope_key = %(scope)s AND embedder = %(embedder)s AND {_LIVE}
-    ORDER BY embedding <=> %(q)s
-    LIMIT %(k)s
-)
-SELECT id, response, prompt_tokens, completion_tokens, 1 - distance AS similarity, prompt, min_similarity
-FROM candidates ORDER BY distance LIMIT 1
-"""
+# pgcache_nearest() (migration 0005) picks exact search or the ivfflat index and its probes.
+FIND_NEAREST = "SELECT * FROM pgcache_nearest(%(q)s, %(scope)s, %(embedder)s, %(k)s)"
 
 INSERT_ENTRY = """
 INSERT INTO pgcache_entries AS e (

@@ -6,7 +6,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pgcache import InvalidRequestError, PgcacheError
+from pgcache import Cache, InvalidRequestError, PgcacheError
 from pgcache.cli import app
 from pgcache.maintenance import SWEEP_LOCK_ID, recommended_lists
 
@@ -128,8 +128,8 @@ def test_reindex_retrains_lists_and_lookups_still_hit(cache, database_url):
     assert printed.output.startswith("before: 40 rows, 4 lists\nafter:  40 rows, 1 lists")
 
 
-def test_recommended_lists_follow_pgvector_guidance():
-    assert [recommended_lists(n) for n in (0, 999, 50_000, 1_000_000, 4_000_000)] == [1, 1, 50, 1000, 2000]
+def test_recommended_lists_exact_while_small_then_twice_the_square_root():
+    assert [recommended_lists(n) for n in (0, 1_999, 2_000, 10_000, 100_000, 4_000_000)] == [1, 1, 89, 200, 632, 4000]
 
 
 def test_sweep_cli_rejects_bad_options(database_url):
@@ -177,7 +177,36 @@ def test_unreachable_database_is_one_line_and_exit_1():
 def test_reindex_advice_policy():
     from pgcache.maintenance import IndexStatus
 
-    assert IndexStatus(rows=20_000, lists=1, recommended_lists=20).needs_reindex
-    assert not IndexStatus(rows=20_000, lists=15, recommended_lists=20).needs_reindex
-    assert IndexStatus(rows=20_000, lists=100, recommended_lists=20).needs_reindex
-    assert not IndexStatus(rows=9_999, lists=1, recommended_lists=9).needs_reindex, "small tables keep exact scans"
+    assert IndexStatus(rows=20_000, lists=1, recommended_lists=283).needs_reindex
+    assert not IndexStatus(rows=20_000, lists=200, recommended_lists=283).needs_reindex
+    assert IndexStatus(rows=20_000, lists=600, recommended_lists=283).needs_reindex
+    assert not IndexStatus(rows=1_999, lists=1, recommended_lists=1).needs_reindex, "small tables keep exact scans"
+    assert IndexStatus(rows=1_000, lists=89, recommended_lists=1).needs_reindex, "shrunk below 2,000: exact again"
+
+
+class CheapEmbedder:
+    """Distinct unit vectors without an embedding service: enough rows to cross the exact-search size."""
+
+    name = "cheap"
+    dimensions = 16
+
+    def embed(self, texts):
+        import numpy as np
+
+        rng = np.random.default_rng(len(texts))
+        return rng.standard_normal((len(texts), self.dimensions)).astype(np.float32)
+
+
+def test_sweep_retrains_the_index_once_the_table_outgrows_it(database_url):
+    with Cache(database_url, embedder=CheapEmbedder()) as cache:
+        cache.store_many([(f"question {i}", f"answer {i}") for i in range(2_100)])
+        assert cache.index_status().lists == 1
+        advised = runner.invoke(app, ["sweep", "--database-url", database_url, "--no-retrain"])
+        assert advised.exit_code == 0, advised.output
+        assert "run `pgcache reindex`" in advised.output
+        assert cache.index_status().lists == 1
+        done = runner.invoke(app, ["sweep", "--database-url", database_url])
+        assert done.exit_code == 0, done.output
+        assert "retraining the index for 2100 rows: 1 -> 92 lists" in done.output
+        assert cache.index_status().lists == 92
+        assert cache.lookup("question 7").content == "answer 7"
