@@ -6,18 +6,36 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test demo clean
+.PHONY: install test bench bench-quick soak redis-server demo clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[local,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
 	touch $@
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks write docs/benchmarks.md: `make bench` (full, ~15 min), `make bench-quick` (< 2 min),
+# or any options: `make bench BENCH_ARGS="--quick --only exact,semantic"`.
+bench: install redis-server
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-quick: install redis-server
+	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# A bounded concurrency soak (60 s, 8 workers by default): `make soak SOAK_ARGS="--seconds 300"`.
+soak: install
+	$(BIN)/python scripts/soak.py $(SOAK_ARGS)
+
+# The Redis baseline needs Debian's redis-server; installed when missing and possible.
+redis-server:
+	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) ; } || \
+		echo "redis-server not available: the Redis baseline will be skipped"
 
 demo: install
 	PGCACHE_EMBEDDER=local $(BIN)/pgcache warm examples/faqs.tsv --namespace demo --tag demo

@@ -1,0 +1,43 @@
+"""Every benchmark scenario runs at toy size and writes a well-formed report (no timings are judged here)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = ("exact", "semantic", "peers", "warm", "sweep", "concurrency", "lifecycle")
+
+
+def test_every_scenario_runs_at_toy_size(tmp_path):
+    output, data = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--toy", "--output", str(output), "--json", str(data)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(data.read_text())
+    assert [section["key"] for section in results["sections"]] == list(SCENARIOS)
+    for section in results["sections"]:
+        assert section["tables"], section["key"]
+        for table in section["tables"]:
+            assert table["rows"], (section["key"], table["caption"])
+            numbers = [v for row in table["rows"] for v in row.values() if isinstance(v, (int, float))]
+            assert numbers and all(math.isfinite(v) and v >= 0 for v in numbers if isinstance(v, float)), \
+                (section["key"], table["caption"])
+    by_key = {section["key"]: section for section in results["sections"]}
+    assert any("single-flight" in v and v.startswith("met") for v in by_key["concurrency"]["verdicts"])
+    recalls = [row["recall@1"] for table in by_key["semantic"]["tables"] for row in table["rows"] if "recall@1" in row]
+    assert recalls and all(0 <= r <= 1 for r in recalls)
+    text = output.read_text()
+    assert text.startswith("# Benchmarks") and "## Targets" in text and "## Machine and versions" in text
+    for section in results["sections"]:
+        assert f"## {section['title']}" in text
+    systems = {row["system"] for table in by_key["peers"]["tables"] for row in table["rows"]}
+    assert "pgcache" in systems
+    if shutil.which("redis-server") is None:
+        print("redis-server is not installed: the tutorial's Redis design was not exercised")
+    else:
+        assert "Redis, tutorial design" in systems
