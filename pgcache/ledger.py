@@ -74,6 +74,7 @@ class LedgerWriter:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._wake = threading.Event()
         self._failing = False
 
     def record(self, row: LookupRecord) -> None:
@@ -87,12 +88,14 @@ class LedgerWriter:
             return True
         done = threading.Event()
         self._queue.put(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         if self._thread is not None and self._thread.is_alive():
             self.flush(timeout)
             self._queue.put(None)
+            self._wake.set()
             self._thread.join(timeout)
 
     def _start(self) -> None:
@@ -102,24 +105,28 @@ class LedgerWriter:
                 self._thread.start()
 
     def _run(self) -> None:
+        # Wake every ``interval`` (or at once for a flush or close) and drain the queue: callers
+        # never hand the GIL to this thread row by row.
         while True:
-            item = self._queue.get()
+            self._wake.wait(self.interval)
+            self._wake.clear()
             batch: list[LookupRecord] = []
             waiters: list[threading.Event] = []
             stop = False
             while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
                 if item is None:
                     stop = True
                 elif isinstance(item, threading.Event):
                     waiters.append(item)
                 else:
                     batch.append(item)
-                if len(batch) >= self.batch_size:
-                    break
-                try:
-                    item = self._queue.get(timeout=0 if waiters or stop else self.interval)
-                except queue.Empty:
-                    break
+                    if len(batch) >= self.batch_size:
+                        self._write(batch)
+                        batch = []
             if batch:
                 self._write(batch)
             for waiter in waiters:

@@ -189,6 +189,8 @@ def find_nearest(
 
 def insert_entries(conn: psycopg.Connection, entries: Sequence[NewEntry]) -> list[int]:
     """Insert or refresh entries (same exact key: the newer answer wins); return their ids."""
+    if len(entries) >= COPY_FROM:
+        return _copy_entries(conn, entries)
     params = [_params(entry) for entry in entries]
     ids: list[int] = []
     with conn.transaction(), conn.cursor() as cur:
@@ -202,6 +204,51 @@ def insert_entries(conn: psycopg.Connection, entries: Sequence[NewEntry]) -> lis
                 if not cur.nextset():
                     break
     return ids
+
+
+# From this many entries a batch goes through binary COPY into a staging table, then one upsert.
+COPY_FROM = 20
+
+STAGING_COLUMNS = [
+    ("namespace", "text"), ("exact_key", "bytea"), ("scope_key", "bytea"), ("model", "text"), ("embedder", "text"),
+    ("prompt", "text"), ("request", "text"), ("response", "text"), ("embedding", "vector"), ("tags", "text[]"),
+    ("source", "text"), ("ttl", "float8"), ("prompt_tokens", "int4"), ("completion_tokens", "int4"),
+    ("total_tokens", "int4"),
+]
+_NAMES = ", ".join(name for name, _ in STAGING_COLUMNS)
+# ON COMMIT DROP: nothing outlives the transaction, so pooled (and PgBouncer) connections stay clean.
+CREATE_STAGING = ("CREATE TEMP TABLE pgcache_staging ("
+                  + ", ".join(f"{name} {kind}" for name, kind in STAGING_COLUMNS) + ") ON COMMIT DROP")
+UPSERT_STAGED = """
+INSERT INTO pgcache_entries AS e (
+    namespace, exact_key, scope_key, model, embedder, prompt, request, response, embedding,
+    tags, source, expires_at, prompt_tokens, completion_tokens, total_tokens
+)
+SELECT namespace, exact_key, scope_key, model, embedder, prompt, request::jsonb, response::jsonb, embedding,
+       tags, source, now() + ttl * interval '1 second', prompt_tokens, completion_tokens, total_tokens
+FROM pgcache_staging ORDER BY exact_key
+ON CONFLICT (exact_key) DO UPDATE SET
+    response = EXCLUDED.response, request = EXCLUDED.request, prompt = EXCLUDED.prompt,
+    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, tags = EXCLUDED.tags,
+    source = EXCLUDED.source, created_at = now(), expires_at = EXCLUDED.expires_at,
+    prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
+    total_tokens = EXCLUDED.total_tokens
+RETURNING exact_key, id
+"""
+
+
+def _copy_entries(conn: psycopg.Connection, entries: Sequence[NewEntry]) -> list[int]:
+    # One upsert cannot touch a row twice: of repeated keys in a batch, the last one wins.
+    last = {entry.exact_key: entry for entry in entries}
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(CREATE_STAGING)
+        with cur.copy(f"COPY pgcache_staging ({_NAMES}) FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types([kind for _, kind in STAGING_COLUMNS])
+            for entry in last.values():
+                params = _params(entry)
+                copy.write_row([params[name] for name, _ in STAGING_COLUMNS])
+        ids = {bytes(key): entry_id for key, entry_id in cur.execute(UPSERT_STAGED).fetchall()}
+    return [ids[entry.exact_key] for entry in entries]
 
 
 def _params(entry: NewEntry) -> dict[str, Any]:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,12 @@ class WarmResult:
     failed: int = 0
     errors: list[str] = field(default_factory=list)
     """``FILE:LINE: reason`` for every line that was skipped or failed."""
+
+    def merge(self, other: WarmResult) -> None:
+        self.added += other.added
+        self.present += other.present
+        self.failed += other.failed
+        self.errors.extend(other.errors)
 
 
 def read_text(path: Path) -> str:
@@ -154,19 +161,37 @@ def warm(
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidRequestError(f"concurrency must be a positive integer, got {concurrency!r}")
     result = WarmResult()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool, \
+            ThreadPoolExecutor(max_workers=BATCHES_IN_FLIGHT, thread_name_prefix="pgcache-warm") as batches:
+        in_flight: deque[tuple[Future, int]] = deque()
         for start in range(0, len(items), batch_size):
             batch = items[start:start + batch_size]
-            present = [False] * len(batch) if replace else cache.contains_many(
-                [(item.prompt, item.namespace) for item in batch], model)
-            todo = [item for item, here in zip(batch, present) if not here]
-            result.present += len(batch) - len(todo)
-            if not dry_run and todo:
-                _warm_batch(cache, path, todo, model, ttl, tags, pool, result)
-            elif dry_run:
-                result.added += len(todo)
-            if progress:
-                progress(len(batch))
+            in_flight.append((batches.submit(_warm_one, cache, path, batch, model, ttl, tags, pool, replace,
+                                             dry_run), len(batch)))
+            while len(in_flight) >= BATCHES_IN_FLIGHT or (in_flight and start + batch_size >= len(items)):
+                future, size = in_flight.popleft()
+                result.merge(future.result())
+                if progress:
+                    progress(size)
+    return result
+
+
+# One batch embeds (waiting on the embedding service) while the one before it is written
+# (waiting on PostgreSQL): two in flight keep both busy. Their keys never interleave badly:
+# every batch upserts in exact-key order, so two batches cannot deadlock.
+BATCHES_IN_FLIGHT = 2
+
+
+def _warm_one(cache, path, batch, model, ttl, tags, pool, replace, dry_run) -> WarmResult:
+    result = WarmResult()
+    present = [False] * len(batch) if replace else cache.contains_many(
+        [(item.prompt, item.namespace) for item in batch], model)
+    todo = [item for item, here in zip(batch, present) if not here]
+    result.present += len(batch) - len(todo)
+    if not dry_run and todo:
+        _warm_batch(cache, path, todo, model, ttl, tags, pool, result)
+    elif dry_run:
+        result.added += len(todo)
     return result
 
 

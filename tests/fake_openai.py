@@ -8,6 +8,8 @@ together (cosine similarity about 0.96), all other texts are nearly orthogonal.
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import json
 import re
@@ -20,20 +22,28 @@ import numpy as np
 DEFAULT_TOPICS = ("buffer overflow", "sql injection")
 
 
+@functools.lru_cache(maxsize=256)
 def _unit(seed_text: str, dimensions: int) -> np.ndarray:
     seed = int.from_bytes(hashlib.sha256(seed_text.encode("utf-8", "surrogatepass")).digest()[:8], "little")
     vector = np.random.default_rng(seed).standard_normal(dimensions)
-    return vector / np.linalg.norm(vector)
+    vector /= np.linalg.norm(vector)
+    vector.flags.writeable = False  # shared by the cache
+    return vector
 
 
-def fake_embedding(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> list[float]:
+def fake_vector(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> np.ndarray:
     """Unit vector for ``text``: its topic's direction plus text-specific noise of norm ``noise``."""
     lowered = text.lower()
     topic = next((t for t in topics if t in lowered), None)
     if topic is None:
-        return _unit("text:" + text, dimensions).tolist()
+        return _unit("text:" + text, dimensions)
     vector = _unit("topic:" + topic, dimensions) + noise * _unit("text:" + text, dimensions)
-    return (vector / np.linalg.norm(vector)).tolist()
+    return vector / np.linalg.norm(vector)
+
+
+def fake_embedding(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> list[float]:
+    """:func:`fake_vector` as the list of floats the API returns by default."""
+    return fake_vector(text, topics, dimensions, noise).tolist()
 
 
 class FakeOpenAI:
@@ -153,10 +163,12 @@ class FakeOpenAI:
             self.calls["embeddings"] += 1
             self.embedded_texts.extend(texts)
             topics = tuple(self.topics)
-        data = [
-            {"object": "embedding", "index": i, "embedding": fake_embedding(t, topics, dimensions)}
-            for i, t in enumerate(texts)
-        ]
+        arrays = [fake_vector(t, topics, dimensions) for t in texts]
+        if body.get("encoding_format") == "base64":  # what the SDK asks for unless told otherwise
+            vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in arrays]
+        else:
+            vectors = [v.tolist() for v in arrays]
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         tokens = sum(len(t.split()) for t in texts)
         return 200, {"object": "list", "data": data, "model": body["model"],
                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -166,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAI
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
         with self.fake.lock:
@@ -183,6 +195,15 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = 404, {"error": {"message": f"no route {self.path}"}}
         data = json.dumps(payload).encode()
         self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        with self.fake.lock:
+            data = json.dumps(self.fake.calls if self.path == "/calls" else {}).encode()
+        self.send_response(200 if self.path == "/calls" else 404)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -208,5 +229,5 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
         self.wfile.flush()
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
+    def log_message(self, format: str, *args) -> None:
         pass
