@@ -112,7 +112,6 @@ class Server:
                         conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
                                                                                sql.Literal(value)))
                 embedded.stop(self._data_dir)
-                embedded._urls.pop(self._data_dir.resolve(), None)
                 url = embedded.start(self._data_dir)
             self.admin_url = url
         self._template: str | None = None

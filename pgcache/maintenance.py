@@ -9,13 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psycopg
 from psycopg import sql
 
 from .connections import Database
-from .errors import InvalidRequestError
+from .errors import DatabaseError, InvalidRequestError
 
 INDEX_NAME = "pgcache_entries_embedding_idx"
 SWEEP_LOCK_ID = 0x70676373776565  # "pgcswee"
+REINDEX_LOCK_ID = 0x70676372656978  # "pgcreix"
 # Below this many vectors an exact scan of the one-list index stays under ~5 ms (docs/benchmarks.md).
 EXACT_SEARCH_ROWS = 2_000
 
@@ -223,6 +225,8 @@ class ReindexResult:
     before: IndexStatus
     after: IndexStatus
     seconds: float
+    skipped: bool = False
+    """True when another reindex was running and this one did nothing."""
 
 
 def reindex(database: Database, *, lists: int | None = None, maintenance_work_mem: str = "512MB") -> ReindexResult:
@@ -237,16 +241,40 @@ def reindex(database: Database, *, lists: int | None = None, maintenance_work_me
     if not 1 <= target <= 32768:
         raise InvalidRequestError(f"lists must be between 1 and 32768, got {target}")
     with database.connection() as conn:
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-        conn.execute("SET statement_timeout = 0")
+        # One reindex at a time: two would deadlock on each other's index locks.
+        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (REINDEX_LOCK_ID,)).fetchone()[0]:
+            return ReindexResult(before=before, after=before, seconds=0.0, skipped=True)
         try:
-            conn.execute(sql.SQL("ALTER INDEX {} SET (lists = {})").format(
-                sql.Identifier(INDEX_NAME), sql.Literal(target)))
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+            conn.execute("SET statement_timeout = 0")
+            _set_lists(conn, target)
+            conn.execute("SET lock_timeout = '30s'")
             conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(INDEX_NAME)))
         finally:
             conn.execute("RESET statement_timeout")
+            conn.execute("RESET lock_timeout")
             conn.execute("RESET maintenance_work_mem")
+            conn.execute("SELECT pg_advisory_unlock(%s)", (REINDEX_LOCK_ID,))
     return ReindexResult(before=before, after=index_status(database), seconds=time.monotonic() - started)
+
+
+def _set_lists(conn, target: int, attempts: int = 50) -> None:
+    """``ALTER INDEX … SET (lists)`` with short lock waits.
+
+    The change needs an exclusive lock on the index for an instant. Waiting for
+    it in line would stall every lookup queued behind the wait, so each attempt
+    gives up after 200 ms and the next comes after a pause.
+    """
+    statement = sql.SQL("ALTER INDEX {} SET (lists = {})").format(sql.Identifier(INDEX_NAME), sql.Literal(target))
+    conn.execute("SET lock_timeout = '200ms'")
+    for attempt in range(attempts):
+        try:
+            conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            time.sleep(min(0.05 * (attempt + 1), 1.0))
+    raise DatabaseError(f"could not lock {INDEX_NAME} to change its lists after {attempts} attempts; "
+                        "lookups kept it busy: try again")
 
 
 def _lists(conn) -> int:

@@ -210,3 +210,18 @@ def test_sweep_retrains_the_index_once_the_table_outgrows_it(database_url):
         assert "retraining the index for 2100 rows: 1 -> 92 lists" in done.output
         assert cache.index_status().lists == 92
         assert cache.lookup("question 7").content == "answer 7"
+
+
+def test_a_second_reindex_while_one_runs_does_nothing(cache, database_url):
+    from pgcache.maintenance import REINDEX_LOCK_ID
+
+    cache.store("What is a buffer overflow?", "An out-of-bounds write.")
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (REINDEX_LOCK_ID,))
+        assert cache.reindex(lists=3).skipped
+        done = runner.invoke(app, ["reindex", "--database-url", database_url])
+        assert done.exit_code == 0, done.output
+        assert "another reindex is running; nothing done" in done.output
+        assert cache.index_status().lists == 1
+    result = cache.reindex(lists=3)
+    assert not result.skipped and result.after.lists == 3
