@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from . import embedded
 from .errors import ConfigurationError, DatabaseError, PgcacheError, SchemaError
@@ -17,24 +19,43 @@ MIGRATION_LOCK_ID = 0x70676361636865  # "pgcache"
 
 _log = logging.getLogger(__name__)
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def normalize_url(url: str) -> str:
-    """Return ``url`` as a libpq URL (``postgresql://…``), accepting ``postgres://`` too."""
+    """Return ``url`` as a libpq URL (``postgresql://…``), accepting ``postgres://`` too.
+
+    A malformed URL raises :class:`ConfigurationError` saying what is wrong; the
+    message never contains the URL's password.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError("database URL must be a non-empty string")
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _SCHEMES:
-        shown = scheme if sep else url[:20]
-        raise ConfigurationError(
-            f"database URL must start with postgresql:// or postgres://, got {shown!r}"
-        )
+        # Anything but a plain scheme may be "user:password@host", so it is not shown.
+        shown = f", got {scheme!r}" if sep and _SCHEME.fullmatch(scheme) else ""
+        raise ConfigurationError(f"database URL must start with postgresql:// or postgres://{shown}")
+    normalized = "postgresql://" + rest
     try:
-        urlsplit(url).port  # noqa: B018 - raises on a malformed port
-    except ValueError as exc:
-        raise ConfigurationError(f"malformed database URL: {exc}") from None
-    return "postgresql://" + rest
+        urlsplit(normalized).port  # noqa: B018 - raises on a malformed port
+        conninfo_to_dict(normalized)  # libpq's own parser: percent-encoding, parameter names
+    except (ValueError, psycopg.Error) as exc:
+        raise ConfigurationError(f"malformed database URL: {_scrub(str(exc).strip(), rest)}") from None
+    return normalized
+
+
+def _scrub(message: str, rest: str) -> str:
+    """``message`` without the password of the URL ``scheme://rest``, in any form a parser may quote it."""
+    netloc = re.match(r"[^/?#]*", rest).group(0)  # the authority, found without urlsplit's validation
+    tail = rest[len(netloc):]
+    secrets = [netloc.rpartition("@")[0].partition(":")[2],
+               *re.findall(r"(?i)[?&]password=([^&#]*)", tail)]
+    for secret in secrets:
+        for form in {secret, unquote(secret)}:
+            if form:
+                message = message.replace(form, "***")
+    return message
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -53,9 +74,10 @@ def redact(url: str) -> str:
     """``url`` with any password replaced, for messages and logs."""
     parts = urlsplit(url)
     if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@"))
+    # libpq also takes the password as a query parameter (?password=...).
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    return parts._replace(query=query).geturl()
 
 
 def migrations_dir() -> Path:
@@ -118,6 +140,9 @@ def downgrade(url: str, revision: str) -> None:
 
 
 def _run_alembic(action, url: str, revision: str) -> None:
+    current = current_revision(url)
+    if current is not None and current not in known_revisions():
+        raise SchemaError(_newer_than_code(current))
     try:
         action(alembic_config(url), revision)
     except PgcacheError:
@@ -139,10 +164,7 @@ def check_schema(url: str, *, auto_upgrade: bool = False) -> None:
     if current == head:
         return
     if current is not None and current not in known_revisions():
-        raise SchemaError(
-            f"the database schema is at revision {current}, newer than this version of pgcache "
-            f"knows (head {head}); upgrade pgcache"
-        )
+        raise SchemaError(_newer_than_code(current))
     if auto_upgrade:
         _log.info("migrating the pgcache schema from %s to %s", current or "nothing", head)
         upgrade(url)
@@ -155,3 +177,8 @@ def check_schema(url: str, *, auto_upgrade: bool = False) -> None:
         f"the pgcache schema in {redact(url)} is at revision {current} but this version needs {head}: "
         "run `pgcache db upgrade`"
     )
+
+
+def _newer_than_code(current: str) -> str:
+    return (f"the database schema is at revision {current}, newer than this version of pgcache "
+            f"knows (head {head_revision()}); upgrade pgcache")

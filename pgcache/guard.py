@@ -45,7 +45,8 @@ NAMES = frozenset({
 
 TYPED_QUESTION_WORDS = frozenset({"who", "whom", "whose", "when", "where", "why"})
 
-_ORDER = re.compile(r"([a-z0-9+#]+)\s+(?:to|into|->)\s+(?:an?\s+|the\s+)?([a-z0-9+#]+)")
+# Anchored at word starts: unanchored, a long run of letters (base64, hex) backtracks quadratically.
+_ORDER = re.compile(r"(?<![a-z0-9+#])([a-z0-9+#]+)\s+(?:to|into|->)\s+(?:an?\s+|the\s+)?([a-z0-9+#]+)")
 
 
 def _words(text: str) -> set[str]:

@@ -13,6 +13,8 @@ from .errors import InvalidRequestError
 
 # A JSON \u0000 escape, not preceded by an escaped backslash.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+# Largest token count an integer column holds.
+_MAX_COUNT = 2**31 - 1
 
 
 def completion_dict(response: Any, model: str) -> dict[str, Any]:
@@ -63,7 +65,10 @@ def usage_of(response: Mapping[str, Any]) -> tuple[int | None, int | None, int |
 
     def count(name: str) -> int | None:
         value = usage.get(name)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        # Only counts the integer columns can hold; anything else stays in the stored response alone.
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_COUNT:
+            return value
+        return None
 
     return count("prompt_tokens"), count("completion_tokens"), count("total_tokens")
 
@@ -74,6 +79,8 @@ def storable_json(value: Any, what: str) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestError(f"{what} is not JSON-serialisable: nested too deeply") from None
     check_text(text, what)
     return text
 
