@@ -11,6 +11,7 @@ normalised and zero-padded, which leaves cosine similarity unchanged.
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -89,16 +90,26 @@ class OpenAIEmbedder:
                 self._client = openai.OpenAI()
             return self._client
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        vectors: list[list[float]] = []
+    def embed(self, texts: list[str]) -> list[Any]:
+        vectors: list[Any] = []
         for batch in _batches(texts, self.max_batch, self.max_batch_chars):
             kwargs = {"dimensions": self._request_dimensions} if self._request_dimensions else {}
-            response = self.client.embeddings.create(model=self.model, input=batch, **kwargs)
-            data = sorted(response.data, key=lambda item: item.index)
+            data = self._request(batch, kwargs)
             if len(data) != len(batch):
                 raise EmbedderError(f"{self.name} returned {len(data)} embeddings for {len(batch)} inputs")
-            vectors.extend(item.embedding for item in data)
+            vectors.extend(_decode(item["embedding"]) for item in sorted(data, key=lambda item: item["index"]))
         return vectors
+
+    def _request(self, batch: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        embeddings = self.client.embeddings
+        raw = getattr(embeddings, "with_raw_response", None)
+        if raw is None:  # an OpenAI-like client without the SDK's raw responses
+            response = embeddings.create(model=self.model, input=batch, **kwargs)
+            return [{"index": item.index, "embedding": item.embedding} for item in response.data]
+        # Raw base64 straight into numpy: the SDK would turn every vector into a list of
+        # Python floats and a pydantic model first, a third of a large warm's time.
+        response = raw.create(model=self.model, input=batch, encoding_format="base64", **kwargs)
+        return response.http_response.json()["data"]
 
 
 class LocalEmbedder:
@@ -164,6 +175,13 @@ def _batches(texts: list[str], max_items: int, max_chars: int):
         yield batch
 
 
+def _decode(embedding: Any) -> Any:
+    """A base64 embedding (little-endian float32) as an array; a list of floats as it is."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return embedding
+
+
 def threshold_for(embedder: Any) -> float:
     """The embedder's own default threshold, else the text-embedding-3-small one."""
     value = getattr(embedder, "default_threshold", None)
@@ -196,9 +214,11 @@ def embed_texts(embedder: Any, texts: list[str]) -> np.ndarray:
         raise EmbedderError(f"embedder {name} has {expected} dimensions; at most {EMBEDDING_DIMENSIONS} fit")
     if not np.isfinite(matrix).all():
         raise EmbedderError(f"embedder {name} returned NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1)
-    if (norms == 0).any():
+    scale = np.abs(matrix).max(axis=1)
+    if (scale == 0).any():
         raise EmbedderError(f"embedder {name} returned a zero vector, which has no direction to compare")
+    # Scaled to a largest component of 1 first, so huge or tiny values neither overflow nor vanish.
+    matrix = matrix / scale[:, None]
     padded = np.zeros((len(texts), EMBEDDING_DIMENSIONS), dtype=np.float32)
-    padded[:, :expected] = matrix / norms[:, None]
+    padded[:, :expected] = matrix / np.linalg.norm(matrix, axis=1)[:, None]
     return padded
