@@ -32,6 +32,7 @@ from .keys import RequestKey, request_key
 from .ledger import LedgerWriter, LookupRecord
 from .options import UNSET, CallOptions
 from .prices import DEFAULT_PRICES
+from .privacy import redact_request
 from .responses import check_text, completion_dict, content_of, storable_json, usage_of
 from .result import CacheResult
 from .settings import DEFAULT_MODEL, DEFAULT_NAMESPACE, Settings
@@ -89,6 +90,13 @@ class Cache(CacheAdmin):
         judge: an optional second verifier for the band, e.g.
             ``pgcache.judge.LLMJudge(client, model="gpt-4o-mini")``: asked after
             the guard passes; its "no", error or timeout makes a miss.
+        read_database_url: where lookups read (exact and semantic finds,
+            calibrated thresholds), e.g. a streaming replica; every write stays
+            on ``database_url``. When it fails, lookups use the primary.
+        store_prompts: ``False`` keeps prompt text out of the database: the
+            ``prompt`` column and the ledger's stay NULL and the stored request
+            holds SHA-256 digests of the messages. Candidates in the
+            verification band then cannot be verified and are misses.
     """
 
     def __init__(
@@ -114,8 +122,12 @@ class Cache(CacheAdmin):
         sure: float = 1.0,
         judge: Any = None,
         guard_rules: Iterable[str] | None = None,
+        read_database_url: str | None = None,
+        store_prompts: bool = True,
     ) -> None:
         self.database_url = db.normalize_url(database_url) if database_url else None
+        self.read_database_url = db.normalize_url(read_database_url) if read_database_url else None
+        self.store_prompts = store_prompts
         self.data_dir = Path(data_dir) if data_dir else None
         self.model = check_name(model, "model")
         self.namespace = check_name(namespace, "namespace")
@@ -145,7 +157,12 @@ class Cache(CacheAdmin):
         self.breaker = CircuitBreaker()
         """Trips while the database fails; ``breaker.failures`` and ``breaker.skipped`` count."""
         self.embedder_breaker = CircuitBreaker()
+        self.read_breaker = CircuitBreaker(subject="read database", fallback="lookups read the primary",
+                                           recovery="lookups read it again")
+        """Trips while the read database fails; lookups then go to the primary."""
         self._db: Database | None = None
+        self._read_db: Database | None = None
+        self._read_finalizer: weakref.finalize | None = None
         self._ledger: LedgerWriter | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._calibrated: dict[tuple[str, str], tuple[float, Any]] = {}
@@ -170,6 +187,8 @@ class Cache(CacheAdmin):
             "bypass_nonzero_temperature": settings.bypass_nonzero_temperature,
             "guard": settings.guard,
             "sure": settings.sure,
+            "read_database_url": settings.read_database_url,
+            "store_prompts": settings.store_prompts,
         }
         if settings.judge_model:
             from .judge import LLMJudge
@@ -227,7 +246,7 @@ class Cache(CacheAdmin):
         cached = self._calibrated.get(cache_key)
         if cached is None or time.monotonic() - cached[0] > CALIBRATION_REFRESH_SECONDS:
             try:
-                row = self._guard(self._with_conn, store.calibrated_threshold, namespace, embedder.name)
+                row = self._guard(self._read, store.calibrated_threshold, namespace, embedder.name)
             except Unavailable:
                 row = cached[1] if cached else None
             cached = (time.monotonic(), row)
@@ -248,6 +267,21 @@ class Cache(CacheAdmin):
                 # Queued ledger rows are written even when the cache is never closed.
                 self._finalizer = weakref.finalize(self, _shutdown, self._ledger, self._db)
             return self._db
+
+    def read_database(self) -> Database | None:
+        """The pool lookups read from (``read_database_url``), or None when there is none.
+
+        Its schema is not checked: a replica cannot be migrated, and a query
+        that fails there is retried on the primary.
+        """
+        if self.read_database_url is None:
+            return None
+        with self._lock:
+            if self._read_db is None:
+                self._read_db = Database(self.read_database_url, application_name="pgcache-read",
+                                         **self._pool_options)
+                self._read_finalizer = weakref.finalize(self, self._read_db.close)
+            return self._read_db
 
     @property
     def url(self) -> str:
@@ -316,15 +350,17 @@ class Cache(CacheAdmin):
         lifetime = self.ttl if ttl is _UNSET else parse_ttl(ttl)
         tag_list = check_tags(tags)
         entries: list[store.NewEntry] = []
-        for prompt_or_messages, response in items:
+        prompts: list[str | None] = []  # the keys' prompts: entries hold none with store_prompts=False
+        for prompt_or_messages, response in _pairs(items):
             key, model_name, ns = self._key(prompt_or_messages, model, namespace, params)
             entries.append(self._entry(key, model_name, ns, completion_dict(response, model_name),
                                        tag_list, source, lifetime))
+            prompts.append(key.prompt)
         if not entries:
             return []
-        embeddable = [i for i, entry in enumerate(entries) if _embeddable(entry.prompt)]
+        embeddable = [i for i, prompt in enumerate(prompts) if _embeddable(prompt)]
         if embeddable:
-            matrix = embed_texts(self.embedder, [entries[i].prompt for i in embeddable])
+            matrix = embed_texts(self.embedder, [prompts[i] for i in embeddable])
             for i, vector in zip(embeddable, matrix):
                 entries[i].embedder, entries[i].embedding = self.embedder.name, vector
         # Same lock order in every writer, so concurrent batches cannot deadlock.
@@ -400,6 +436,9 @@ class Cache(CacheAdmin):
             if self._finalizer is not None:
                 self._finalizer()
                 self._db = self._ledger = self._finalizer = None
+            if self._read_finalizer is not None:
+                self._read_finalizer()
+                self._read_db = self._read_finalizer = None
 
     def __enter__(self) -> Cache:
         return self
@@ -492,7 +531,11 @@ class Cache(CacheAdmin):
         """After the LLM answered: store the answer (unless told not to), release the lease, log the lookup."""
         record = flight.record
         record.llm_ms = (time.perf_counter() - flight.llm_started) * 1000
-        response = completion_dict(completion, flight.model)
+        try:
+            response = completion_dict(completion, flight.model)
+        except InvalidRequestError as exc:  # e.g. no choices: nothing to store, and the lease must go
+            self._abort(flight, exc)
+            raise
         record.prompt_tokens, record.completion_tokens, _ = usage_of(response)
         try:
             if flight.store:
@@ -546,9 +589,7 @@ class Cache(CacheAdmin):
     def _find(self, key: RequestKey, record: LookupRecord, threshold: float | None) -> tuple[CacheResult | None, Any]:
         """Exact tier, then semantic tier; returns the hit (or None) and the query vector, filling ``record``."""
         started = time.perf_counter()
-        database = self.database()
-        with database.connection() as conn:
-            row = store.find_exact(conn, key.exact_key)
+        row = self._read(store.find_exact, key.exact_key)
         vector = None
         status = "exact"
         if row is None and _embeddable(key.prompt):
@@ -558,15 +599,14 @@ class Cache(CacheAdmin):
             if threshold is None:  # resolved only here: an exact hit never needs it
                 threshold = self.threshold_in_force(record.namespace)[0]
             record.embedder, record.threshold = embedder.name, threshold
-            with database.connection() as conn:
-                row = store.find_nearest(conn, key.scope_key, embedder.name, vector)
+            row = self._read(store.find_nearest, key.scope_key, embedder.name, vector)
             if row is not None:
                 record.similarity, record.candidate_id = row.similarity, row.id
                 if row.similarity < threshold:
                     row = None
                 elif row.min_similarity is not None and row.similarity < row.min_similarity:
                     record.rejected_by, row = "feedback: entry threshold", None
-                elif row.similarity < self.sure and row.prompt is not None:
+                elif row.similarity < self.sure:
                     # The verification band: close enough to hit, not so close as to be sure.
                     rejected = self._verify(key.prompt, row.prompt, record)
                     if rejected is not None:
@@ -575,12 +615,17 @@ class Cache(CacheAdmin):
         record.latency_ms = (time.perf_counter() - started) * 1000
         if row is None:
             return None, vector
-        if status == "semantic":
+        if status == "semantic" and self.store_prompts:
             record.prompt = key.prompt  # so that feedback on this hit can keep the pair
         return self._hit(row, status, record), vector
 
-    def _verify(self, prompt: str, cached: str, record: LookupRecord) -> str | None:
+    def _verify(self, prompt: str, cached: str | None, record: LookupRecord) -> str | None:
         """Why a candidate in the band is refused (offline guard first, then the LLM judge), or None."""
+        if cached is None:
+            # Stored without its prompt (store_prompts=False): there is nothing to verify against,
+            # so when verification is asked for, the candidate is refused rather than waved through.
+            verifies = (self.guard and bool(self.guard_rules)) or self.judge is not None
+            return "unverifiable: no stored prompt" if verifies else None
         if self.guard:
             rule = guard_rejects(prompt, cached, self.guard_rules)
             if rule is not None:
@@ -628,6 +673,19 @@ class Cache(CacheAdmin):
         with self.database().connection() as conn:
             return function(conn, *args)
 
+    def _read(self, function, *args):
+        """Run a lookup query on the read database; on the primary when there is none or it fails."""
+        if self.read_database_url is not None and self.read_breaker.allow():
+            try:
+                with self.read_database().connection() as conn:
+                    value = function(conn, *args)
+            except DatabaseError as exc:
+                self.read_breaker.failure(exc)
+            else:
+                self.read_breaker.success()
+                return value
+        return self._with_conn(function, *args)
+
     def _insert(self, entry: store.NewEntry) -> int:
         with self.database().connection() as conn:
             return store.insert_entries(conn, [entry])[0]
@@ -637,13 +695,28 @@ class Cache(CacheAdmin):
         if key.prompt is not None:
             check_text(key.prompt, "prompt")
         prompt_tokens, completion_tokens, total_tokens = usage_of(response)
+        request = key.request if self.store_prompts else redact_request(key.request)
         return store.NewEntry(
             namespace=namespace, exact_key=key.exact_key, scope_key=key.scope_key, model=model,
-            prompt=key.prompt, request=storable_json(key.request, "request"),
+            prompt=key.prompt if self.store_prompts else None, request=storable_json(request, "request"),
             response=storable_json(response, "response"),
             tags=tags, source=source, ttl=ttl, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, total_tokens=total_tokens,
         )
+
+
+def _pairs(items: Any) -> list[tuple[Any, Any]]:
+    """``items`` as a list of ``(prompt_or_messages, response)`` pairs, or a clear error."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidRequestError(
+            f"items must be an iterable of (prompt_or_messages, response) pairs, got {type(items).__name__}")
+    pairs = []
+    for position, item in enumerate(items):
+        if isinstance(item, (str, bytes)) or not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InvalidRequestError(
+                f"items[{position}] must be a (prompt_or_messages, response) pair, got {type(item).__name__}")
+        pairs.append((item[0], item[1]))
+    return pairs
 
 
 def _embeddable(prompt: str | None) -> bool:

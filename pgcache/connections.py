@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .db import redact
@@ -41,6 +42,15 @@ class Database:
                 "-c jit=off",
             ]
         )
+        # Keyword arguments replace the URL's own parameters; keep what the URL asked for
+        # (its settings first, so that pgcache's timeouts win where both set one).
+        try:
+            given = conninfo_to_dict(url)
+        except psycopg.Error:  # a malformed URL fails on connecting, as a DatabaseError
+            given = {}
+        if given.get("options"):
+            options = f"{given['options']} {options}"
+        application_name = given.get("application_name") or application_name
         self.pool = ConnectionPool(
             url,
             min_size=1,

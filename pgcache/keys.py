@@ -3,9 +3,10 @@
 * ``exact_key`` — SHA-256 of the canonical JSON of namespace, model, every
   message and every parameter that can change the output. Two requests share it
   exactly when the LLM would be asked the same thing.
-* ``scope_key`` — the same hash without the final user message. A semantic hit
-  is only ever looked for among entries of the same scope, so it never crosses
-  namespace, model, system prompt, earlier turns, tools or parameters.
+* ``scope_key`` — the same hash without the final user message's text. A
+  semantic hit is only ever looked for among entries of the same scope, so it
+  never crosses namespace, model, system prompt, earlier turns, tools,
+  parameters or the final message's participant ``name``.
 
 Canonical JSON sorts keys, drops ``None`` values and writes integral floats as
 integers (``temperature=1.0`` and ``temperature=1`` are the same request).
@@ -63,8 +64,8 @@ class RequestKey:
     exact_key: bytes
     scope_key: bytes
     prompt: str | None
-    """Text of the final user message; ``None`` when the request cannot be
-    matched semantically (last message not from the user, or not plain text)."""
+    """Text of the final user message (without NUL characters); ``None`` when the request
+    cannot be matched semantically (last message not from the user, or not plain text)."""
     request: dict[str, Any]
     """The canonical request as stored: model, messages and output parameters."""
 
@@ -90,7 +91,7 @@ def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[dict[str
         if not isinstance(message, Mapping):
             raise InvalidRequestError(f"messages[{index}] must be a dict, got {type(message).__name__}")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequestError(
                 f"messages[{index}] has role {role!r}; expected one of {', '.join(sorted(ROLES))}"
             )
@@ -100,6 +101,14 @@ def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[dict[str
                 f"messages[{index}].content must be a string or a list of content parts, "
                 f"got {type(content).__name__}"
             )
+        for position, part in enumerate(content if isinstance(content, list) else ()):
+            if hasattr(part, "model_dump"):
+                part = part.model_dump(exclude_none=True)
+            if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
+                got = "a dict without a type" if isinstance(part, Mapping) else type(part).__name__
+                raise InvalidRequestError(
+                    f"messages[{index}].content[{position}] must be a content part (a dict with a type), got {got}"
+                )
         messages.append({k: v for k, v in message.items() if v is not None})
     return messages
 
@@ -133,6 +142,8 @@ def canonical_json(value: Any) -> str:
         return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"request is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestError("request is not JSON-serialisable: nested too deeply (or refers to itself)") from None
 
 
 def _canonical(value: Any) -> Any:
@@ -176,10 +187,25 @@ def request_key(
     request = {"model": model, "messages": messages}
     if kept:
         request["params"] = kept
-    request = _canonical(request)
+    try:
+        request = _canonical(request)
+    except TypeError as exc:
+        raise InvalidRequestError(f"request is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidRequestError("request is not JSON-serialisable: nested too deeply (or refers to itself)") from None
     exact = _digest({"v": KEY_VERSION, "namespace": namespace, **request})
-    scope = _digest(
-        {"v": KEY_VERSION, "namespace": namespace, "model": model, "context": request["messages"][:-1],
-         "params": request.get("params", {})}
-    )
-    return RequestKey(exact_key=exact, scope_key=scope, prompt=final_user_text(messages), request=request)
+    scope_payload = {"v": KEY_VERSION, "namespace": namespace, "model": model,
+                     "context": request["messages"][:-1], "params": request.get("params", {})}
+    # The final message's text is what the semantic tier compares; anything else on it (a
+    # participant ``name``) says who asks, so it belongs to the scope. Only added when present,
+    # so that the scope keys of ordinary requests stay as they were.
+    final_fields = {k: v for k, v in request["messages"][-1].items() if k not in ("role", "content")}
+    if final_fields:
+        scope_payload["final"] = final_fields
+    scope = _digest(scope_payload)
+    prompt = final_user_text(messages)
+    if prompt is not None and "\x00" in prompt:
+        # PostgreSQL text cannot hold NUL: the text that is embedded and logged goes without it,
+        # while the request itself keeps it (so storing it is refused, with a message saying why).
+        prompt = prompt.replace("\x00", "")
+    return RequestKey(exact_key=exact, scope_key=scope, prompt=prompt, request=request)

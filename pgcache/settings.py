@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .db import redact
 from .durations import parse_ttl
 from .errors import ConfigurationError
 from .prices import parse_prices
@@ -44,6 +45,18 @@ class Settings:
     guard: bool = True
     sure: float = 1.0
     judge_model: str | None = None
+    read_database_url: str | None = None
+    """Where lookups read (``PGCACHE_READ_DATABASE_URL``), e.g. a streaming replica; writes stay on ``database_url``."""
+    store_prompts: bool = True
+    """``False`` (``PGCACHE_STORE_PROMPTS=0``): keep prompt text out of entries and the ledger."""
+
+    def __repr__(self) -> str:
+        # Settings end up in logs and tracebacks; database passwords must not.
+        shown = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        for name in ("database_url", "read_database_url"):
+            if shown[name]:
+                shown[name] = redact(shown[name])
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +89,8 @@ class Settings:
             guard=_flag(get("GUARD"), "PGCACHE_GUARD", default=True),
             sure=_threshold(get("SURE_THRESHOLD"), "PGCACHE_SURE_THRESHOLD") or 1.0,
             judge_model=get("JUDGE_MODEL"),
+            read_database_url=get("READ_DATABASE_URL"),
+            store_prompts=_flag(get("STORE_PROMPTS"), "PGCACHE_STORE_PROMPTS", default=True),
         )
 
     def make_embedder(self, client=None):
