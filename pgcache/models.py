@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pgvector.sqlalchemy import Vector
+from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -23,7 +23,9 @@ from sqlalchemy import (
     MetaData,
     Text,
     Uuid,
+    cast,
     func,
+    literal_column,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
@@ -74,12 +76,13 @@ class Entry(Base):
         CheckConstraint("(embedding IS NULL) = (embedder IS NULL)", name="embedder"),
         Index("pgcache_entries_expires_at_idx", "expires_at"),
         Index("pgcache_entries_scope_idx", "scope_key", "embedder"),
+        # Over half-precision copies of the vectors: half the size, same recall after re-ranking.
         Index(
             "pgcache_entries_embedding_idx",
-            "embedding",
+            cast(literal_column("embedding"), HALFVEC(EMBEDDING_DIMENSIONS)).label("embedding_half"),
             postgresql_using="ivfflat",
             postgresql_with={"lists": 1},
-            postgresql_ops={"embedding": "vector_cosine_ops"},
+            postgresql_ops={"embedding_half": "halfvec_cosine_ops"},
         ),
     )
 

@@ -1,4 +1,4 @@
-"""pgcache_nearest(): the semantic lookup with its index policy, in one statement.
+"""pgcache_nearest(): the semantic lookup with its index policy; the ivfflat index on halfvec.
 
 The planner's cost model for ivfflat scans is rough: with a scope filter in place it
 often prefers a sequential scan plus a sort, which detoasts every vector of the
@@ -10,11 +10,17 @@ scope (tens of milliseconds at 10k rows). The function chooses the plan itself:
   from the index's current ``lists`` (so a ``pgcache reindex`` takes effect for
   every client at once) and ``ivfflat.max_probes`` bounding iterative scans.
 
+The ivfflat index is rebuilt over ``embedding::halfvec(1536)``: half the size (a
+1536-d float vector fills an 8 KB index page on its own; two half-precision ones
+fit), the same recall@1 once the candidates are re-ranked with the stored
+full-precision vectors, and faster scans (docs/benchmarks.md, storage).
+
 Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
@@ -28,9 +34,30 @@ LOOKUP_COLUMNS = """
 """
 
 LIVE = "(e.expires_at IS NULL OR e.expires_at > now())"
+INDEX = "pgcache_entries_embedding_idx"
+HALF = "embedding::halfvec(1536)"
+
+
+def _index_lists() -> int:
+    bind = op.get_bind()
+    options = bind.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = :name"),
+                           {"name": INDEX}).scalar()
+    for option in options or []:
+        name, _, value = option.partition("=")
+        if name == "lists":
+            return int(value)
+    return 1
+
+
+def _rebuild_index(expression: str, ops: str) -> None:
+    lists = _index_lists()
+    op.execute(f"DROP INDEX {INDEX}")
+    op.execute(f"CREATE INDEX {INDEX} ON pgcache_entries USING ivfflat (({expression}) {ops}) "
+               f"WITH (lists = {lists})")
 
 
 def upgrade() -> None:
+    _rebuild_index(HALF, "halfvec_cosine_ops")
     op.execute("""
         CREATE FUNCTION pgcache_index_lists() RETURNS integer
         LANGUAGE sql STABLE AS $$
@@ -81,14 +108,15 @@ def upgrade() -> None:
             probes := pgcache_probes(lists);
             PERFORM set_config('ivfflat.probes', probes::text, true),
                     set_config('ivfflat.max_probes', least(lists, 4 * probes)::text, true);
-            -- The index returns candidates in roughly ascending distance; the nearest of them wins.
+            -- The half-precision index picks k candidates in roughly ascending distance; their
+            -- stored full-precision vectors rank them, so the similarity reported is exact.
             RETURN QUERY
             WITH candidates AS MATERIALIZED (
                 SELECT e.id, e.response, e.prompt_tokens, e.completion_tokens, e.prompt, e.min_similarity,
                        e.embedding <=> query AS distance
                 FROM pgcache_entries AS e
                 WHERE e.scope_key = wanted_scope AND e.embedder = wanted_embedder AND {LIVE}
-                ORDER BY e.embedding <=> query
+                ORDER BY e.{HALF} <=> query::halfvec(1536)
                 LIMIT k
             )
             SELECT c.id, c.response, c.prompt_tokens, c.completion_tokens, 1 - c.distance, c.prompt,
@@ -103,3 +131,4 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION pgcache_nearest(vector, bytea, text, integer, integer)")
     op.execute("DROP FUNCTION pgcache_probes(integer)")
     op.execute("DROP FUNCTION pgcache_index_lists()")
+    _rebuild_index("embedding", "vector_cosine_ops")
