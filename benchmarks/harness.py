@@ -127,7 +127,7 @@ class Server:
                 "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()[0]
             shown = {name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
                      for name in ("shared_buffers", "work_mem", "maintenance_work_mem", "synchronous_commit")}
-        return {"PostgreSQL": version.split()[0], "pgvector": vector, **shown}
+        return {"PostgreSQL": version.split()[0], "pgvector extension": vector, **shown}
 
     def new_database(self) -> str:
         """A fresh database migrated to head (cloned from a template migrated once)."""
@@ -253,9 +253,9 @@ def machine() -> dict[str, str]:
     versions = {}
     for package in ("pgcache", "psycopg", "pgvector", "numpy", "openai", "redis", "gptcache", "faiss-cpu"):
         try:
-            versions[package] = metadata.version(package)
+            versions[f"{package} (Python)" if package == "pgvector" else package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+            versions[f"{package} (Python)" if package == "pgvector" else package] = "not installed"
     redis = shutil.which("redis-server")
     redis_version = ""
     if redis:
