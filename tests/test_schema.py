@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -139,3 +140,52 @@ def test_old_schema_names_the_upgrade_command(database_url, llm):
     cache = Cache(database_url, embedder=_Embedder(), llm=llm, fail_open=False)
     with pytest.raises(SchemaError, match=r"at revision 0001 but this version needs \w+: run `pgcache db upgrade`"):
         cache.lookup("anything")
+
+
+def _plain_postgres_bin() -> Path | None:
+    """Debian's PostgreSQL binaries, which come without pgvector, if this machine has them."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+def test_a_server_without_pgvector_is_named_in_the_error(server_url):
+    bin_path = _plain_postgres_bin()
+    if bin_path is None or (Path("/usr/share/postgresql") / bin_path.parent.name / "extension"
+                            / "vector.control").exists():
+        print("no PostgreSQL without pgvector on this machine: a server lacking the extension was not tried")
+        return
+    import pwd
+    import shutil
+    import tempfile
+
+    # initdb refuses to run as root; then the embedded server's system user (made by server_url) runs it.
+    user = "pgserver" if os.geteuid() == 0 else None
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            print("running as root without the embedded server's user: a server lacking pgvector was not tried")
+            return
+    data = Path(tempfile.mkdtemp(prefix="pgcache-novector-"))
+    try:
+        if user:
+            entry = pwd.getpwnam(user)
+            os.chown(data, entry.pw_uid, entry.pw_gid)
+        run = {"user": user} if user else {}
+        subprocess.run([str(bin_path / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True, **run)
+        subprocess.run([str(bin_path / "pg_ctl"), "-w", "-D", str(data / "db"), "-l", str(data / "log"),
+                        "-o", f"-h '' -k {data}", "start"], check=True, capture_output=True, **run)
+        url = f"postgresql://postgres@/postgres?host={data}"
+        try:
+            with pytest.raises(SchemaError, match="pgvector extension missing"):
+                db.upgrade(url)
+            with psycopg.connect(url) as conn:
+                assert conn.execute("SELECT count(*) FROM pg_tables WHERE tablename LIKE 'pgcache%'").fetchone() == (0,)
+            with pytest.raises(SchemaError, match="pgcache db upgrade"):
+                Cache(url, fail_open=False).lookup("anything")
+        finally:
+            subprocess.run([str(bin_path / "pg_ctl"), "-w", "-D", str(data / "db"), "-m", "fast", "stop"],
+                           capture_output=True, **run)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
