@@ -15,7 +15,7 @@ the local all-MiniLM-L6-v2 embedder:
 
 The full method and the results go to docs/semantic-quality.md.
 
-Usage: python benchmarks/faq_replay.py [--eval-dir PATH] [--output PATH] [--quick]
+Usage: python benchmarks/faq_replay.py [--eval-dir PATH] [--output PATH] [--quick | --toy]
 
 The evaluation data is read by path (see shared/eval/README.md); it is not part of this repository.
 """
@@ -261,13 +261,18 @@ def main() -> int:
     parser.add_argument("--eval-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "eval")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "semantic-quality.md")
     parser.add_argument("--quick", action="store_true", help="smoke test: 300 queries per data set, 500 PAWS pairs")
+    parser.add_argument("--toy", action="store_true",
+                        help="the test suite's run: 40 queries, 400 training phrasings, 60 PAWS pairs per file")
     args = parser.parse_args()
+    args.quick = args.quick or args.toy
     ev = args.eval_dir.resolve()
     if not (ev / "banking77").is_dir():
         sys.exit(f"evaluation data not found in {ev} (see shared/eval/README.md); pass --eval-dir")
     start = time.perf_counter()
-    nq, npairs = (300, 500) if args.quick else (None, None)
-    b77_train, clinc_train = read_csv(ev / "banking77" / "train.csv"), read_csv(ev / "clinc150" / "train.csv")
+    nq, npairs = (40, 60) if args.toy else (300, 500) if args.quick else (None, None)
+    ntrain = 400 if args.toy else None
+    b77_train = read_csv(ev / "banking77" / "train.csv", ntrain)
+    clinc_train = read_csv(ev / "clinc150" / "train.csv", ntrain)
     b77_test, clinc_test = read_csv(ev / "banking77" / "test.csv", nq), read_csv(ev / "clinc150" / "test.csv", nq)
     paws_dev = read_csv(ev / "paws_wiki" / "dev.csv", npairs)
     paws_test = read_csv(ev / "paws_wiki" / "test.csv", npairs)
@@ -283,7 +288,7 @@ def main() -> int:
         return np.stack([vectors[t] for t in items])
 
     # Calibration on data that is not scored: PAWS dev + Banking77 train pairs.
-    b_sims, b_labels, n_cal = calibration_pairs(vec, b77_train, 5, 1000 if args.quick else None)
+    b_sims, b_labels, n_cal = calibration_pairs(vec, b77_train, 5, 200 if args.toy else 1000 if args.quick else None)
     dev = paws(vec, paws_dev)
     dev_labels = dev.right.astype(int)
     cal = {name: calibrate(sims, labels, TARGET_PRECISION) for name, sims, labels in (

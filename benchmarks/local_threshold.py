@@ -23,7 +23,7 @@ Recommended default: the lowest threshold whose precision is >= 0.95 on both
 Banking77 K=5 and CLINC150 K=5 (including oos).
 
 Usage:
-    python benchmarks/local_threshold.py [--eval-dir PATH] [--model PATH_OR_NAME]
+    python benchmarks/local_threshold.py [--eval-dir PATH] [--model PATH_OR_NAME] [--toy]
 
 The evaluation data is read by path (see ``shared/eval/README.md``); it is not part
 of this repository.
@@ -50,9 +50,9 @@ EXAMPLE_PAIRS = [
 ]
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
+def read_csv(path: Path, limit: int | None = None) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(f))[:limit]
 
 
 def load_model(name: str | None):
@@ -130,17 +130,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", type=Path, default=default_eval)
     parser.add_argument("--model", default=None, help="model folder or name (offline)")
+    parser.add_argument("--toy", action="store_true",
+                        help="the test suite's run: 400 training phrasings, 40 queries, 60 PAWS pairs")
     args = parser.parse_args()
+    train, test, pairs = (400, 40, 60) if args.toy else (None, None, None)
     eval_dir = args.eval_dir.resolve()
     if not eval_dir.is_dir():
         sys.exit(f"evaluation data folder not found: {eval_dir} (see shared/eval/README.md); skipping")
 
     start = time.perf_counter()
     model = load_model(args.model)
-    b77_train = read_csv(eval_dir / "banking77" / "train.csv")
-    b77_test = read_csv(eval_dir / "banking77" / "test.csv")
-    clinc_train = read_csv(eval_dir / "clinc150" / "train.csv")
-    clinc_test = read_csv(eval_dir / "clinc150" / "test.csv")
+    b77_train = read_csv(eval_dir / "banking77" / "train.csv", train)
+    b77_test = read_csv(eval_dir / "banking77" / "test.csv", test)
+    clinc_train = read_csv(eval_dir / "clinc150" / "train.csv", train)
+    clinc_test = read_csv(eval_dir / "clinc150" / "test.csv", test)
 
     b77_q = embed(model, [r["text"] for r in b77_test])
     clinc_q = embed(model, [r["text"] for r in clinc_test])
@@ -150,7 +153,7 @@ def main() -> int:
         "CLINC K=1": faq_curve(model, clinc_train, clinc_test, clinc_q, 1),
         "CLINC K=5": faq_curve(model, clinc_train, clinc_test, clinc_q, 5),
     }
-    paws = paws_curve(model, read_csv(eval_dir / "paws_wiki" / "test.csv"))
+    paws = paws_curve(model, read_csv(eval_dir / "paws_wiki" / "test.csv", pairs))
 
     n_oos = sum(r["intent"] == OOS for r in clinc_test)
     print(f"Banking77: {len(b77_test)} test queries; CLINC150: {len(clinc_test)} test queries "

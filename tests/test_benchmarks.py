@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import shutil
 import subprocess
@@ -41,3 +42,39 @@ def test_every_scenario_runs_at_toy_size(tmp_path):
         print("redis-server is not installed: the tutorial's Redis design was not exercised")
     else:
         assert "Redis, tutorial design" in systems
+
+
+EVAL_DIR = REPO.parent / "shared" / "eval"
+
+
+def _eval_data_or_reason() -> bool:
+    if (EVAL_DIR / "banking77").is_dir():
+        return True
+    print(f"evaluation data not found in {EVAL_DIR}: the FAQ replay and threshold scripts were not run")
+    return False
+
+
+def test_faq_replay_runs_at_toy_size(tmp_path):
+    if not _eval_data_or_reason():
+        return
+    output = tmp_path / "semantic-quality.md"
+    done = subprocess.run([sys.executable, "benchmarks/faq_replay.py", "--toy", "--eval-dir", str(EVAL_DIR),
+                           "--output", str(output)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = output.read_text()
+    for heading in ("## Goal and verdict", "## Method", "## Results", "## What each rule buys and costs",
+                    "## Choosing a threshold", "## Recommendations"):
+        assert heading in text, heading
+    assert "these numbers are not the results" in text
+    assert not re.search(r"\bnan\b", text.split("## Method")[1], re.IGNORECASE)
+
+
+def test_local_threshold_runs_at_toy_size():
+    if not _eval_data_or_reason():
+        return
+    done = subprocess.run([sys.executable, "benchmarks/local_threshold.py", "--toy", "--eval-dir", str(EVAL_DIR)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "B77 K=5" in done.stdout and "PAWS" in done.stdout
+    pairs = [line for line in done.stdout.splitlines() if line.strip().startswith("0.") and " vs " in line]
+    assert len(pairs) == 3 and all(0 < float(line.split()[0]) <= 1 for line in pairs)
