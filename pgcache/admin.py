@@ -60,6 +60,9 @@ class CacheAdmin:
         value, source = self.threshold_in_force(namespace)
         figures["threshold"] = {"namespace": namespace or self.namespace, "embedder": self.embedder.name,
                                 "value": value, "source": source}
+        index = self.index_status()
+        figures["index"] = {"rows": index.rows, "lists": index.lists, "recommended_lists": index.recommended_lists,
+                            "needs_reindex": index.needs_reindex}
         return figures
 
     def evaluate(self, pairs: list[quality.Pair]) -> dict[str, Any]:

@@ -56,6 +56,11 @@ def render(report: dict[str, Any], console) -> None:
     if report.get("threshold"):
         threshold = report["threshold"]
         rows.append(("semantic threshold", f"{threshold['value']:.4f} ({threshold['source']})"))
+    if report.get("index"):
+        index = report["index"]
+        advice = (f"; {index['rows']} vectors want {index['recommended_lists']}: run `pgcache reindex`"
+                  if index["needs_reindex"] else "")
+        rows.append(("vector index", f"{index['lists']} lists{advice}"))
     for name, value in rows:
         summary.add_row(name, str(value))
     console.print(summary)

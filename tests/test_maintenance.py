@@ -201,6 +201,10 @@ def test_sweep_retrains_the_index_once_the_table_outgrows_it(database_url):
     with Cache(database_url, embedder=CheapEmbedder()) as cache:
         cache.store_many([(f"question {i}", f"answer {i}") for i in range(2_100)])
         assert cache.index_status().lists == 1
+        reported = runner.invoke(app, ["report", "--database-url", database_url])
+        assert reported.exit_code == 0, reported.output
+        assert "2100 vectors want 92: run `pgcache reindex`" in reported.output.replace("\n", " ")
+        assert cache.report()["index"] == {"rows": 2100, "lists": 1, "recommended_lists": 92, "needs_reindex": True}
         advised = runner.invoke(app, ["sweep", "--database-url", database_url, "--no-retrain"])
         assert advised.exit_code == 0, advised.output
         assert "run `pgcache reindex`" in advised.output
