@@ -169,6 +169,8 @@ def test_a_tenant_can_neither_invalidate_nor_overwrite_another_tenants_entries(c
     assert a.invalidate(namespace="tenant-b", prompt=QUESTION) == 0
     with pytest.raises(DatabaseError, match="row-level security"):
         a.store(QUESTION, "A's answer", namespace="tenant-b")
+    with pytest.raises(DatabaseError, match="row-level security"):  # a batch: the COPY and upsert path
+        a.store_many([(f"batch question {i}", f"A's answer {i}") for i in range(25)], namespace="tenant-b")
     assert a.sweep().expired == 0, "a tenant's sweep does not reach another tenant's expired rows"
 
     a_url = clean.url("tenant_a")
@@ -205,6 +207,7 @@ def test_every_feature_works_for_a_tenant_under_the_policies(caches, clean, fake
     query(clean.admin, "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
                        "'choices'->0->'message'->>'content' = 'old'")
     assert a.sweep().expired == 1
+    assert len(set(a.store_many([(f"batch question {i}", f"answer {i}") for i in range(25)]))) == 25
     assert a.report()["totals"]["lookups"] == 3
     assert a.breaker.failures == 0, "no privilege was missing anywhere"
     assert query(clean.admin, "SELECT namespace, count(*) FROM pgcache_lookups GROUP BY 1") == [("tenant-a", 3)]
