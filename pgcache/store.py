@@ -24,7 +24,16 @@ WHERE exact_key = %s AND {_LIVE}
 # pgcache_nearest() (migration 0005) picks exact search or the ivfflat index and its probes.
 FIND_NEAREST = "SELECT * FROM pgcache_nearest(%(q)s, %(scope)s, %(embedder)s, %(k)s)"
 
-INSERT_ENTRY = """
+# Same exact key: the newer answer replaces the stored one.
+_REFRESH = """ON CONFLICT (exact_key) DO UPDATE SET
+    response = EXCLUDED.response, request = EXCLUDED.request, prompt = EXCLUDED.prompt,
+    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, tags = EXCLUDED.tags,
+    source = EXCLUDED.source, created_at = now(), expires_at = EXCLUDED.expires_at,
+    prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
+    total_tokens = EXCLUDED.total_tokens
+"""
+
+INSERT_ENTRY = f"""
 INSERT INTO pgcache_entries AS e (
     namespace, exact_key, scope_key, model, embedder, prompt, request, response, embedding,
     tags, source, expires_at, prompt_tokens, completion_tokens, total_tokens
@@ -33,13 +42,7 @@ INSERT INTO pgcache_entries AS e (
     %(request)s::jsonb, %(response)s::jsonb, %(embedding)s, %(tags)s, %(source)s,
     now() + %(ttl)s * interval '1 second', %(prompt_tokens)s, %(completion_tokens)s, %(total_tokens)s
 )
-ON CONFLICT (exact_key) DO UPDATE SET
-    response = EXCLUDED.response, request = EXCLUDED.request, prompt = EXCLUDED.prompt,
-    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, tags = EXCLUDED.tags,
-    source = EXCLUDED.source, created_at = now(), expires_at = EXCLUDED.expires_at,
-    prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
-    total_tokens = EXCLUDED.total_tokens
-RETURNING id
+{_REFRESH}RETURNING id
 """
 
 
@@ -219,7 +222,7 @@ _NAMES = ", ".join(name for name, _ in STAGING_COLUMNS)
 # ON COMMIT DROP: nothing outlives the transaction, so pooled (and PgBouncer) connections stay clean.
 CREATE_STAGING = ("CREATE TEMP TABLE pgcache_staging ("
                   + ", ".join(f"{name} {kind}" for name, kind in STAGING_COLUMNS) + ") ON COMMIT DROP")
-UPSERT_STAGED = """
+UPSERT_STAGED = f"""
 INSERT INTO pgcache_entries AS e (
     namespace, exact_key, scope_key, model, embedder, prompt, request, response, embedding,
     tags, source, expires_at, prompt_tokens, completion_tokens, total_tokens
@@ -227,13 +230,7 @@ INSERT INTO pgcache_entries AS e (
 SELECT namespace, exact_key, scope_key, model, embedder, prompt, request::jsonb, response::jsonb, embedding,
        tags, source, now() + ttl * interval '1 second', prompt_tokens, completion_tokens, total_tokens
 FROM pgcache_staging ORDER BY exact_key
-ON CONFLICT (exact_key) DO UPDATE SET
-    response = EXCLUDED.response, request = EXCLUDED.request, prompt = EXCLUDED.prompt,
-    embedder = EXCLUDED.embedder, embedding = EXCLUDED.embedding, tags = EXCLUDED.tags,
-    source = EXCLUDED.source, created_at = now(), expires_at = EXCLUDED.expires_at,
-    prompt_tokens = EXCLUDED.prompt_tokens, completion_tokens = EXCLUDED.completion_tokens,
-    total_tokens = EXCLUDED.total_tokens
-RETURNING exact_key, id
+{_REFRESH}RETURNING exact_key, id
 """
 
 
