@@ -12,14 +12,16 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from pgcache import db, embedded, keys
 
@@ -167,8 +169,6 @@ class Server:
 
 
 def _url_with_database(url: str, name: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
 
@@ -215,10 +215,6 @@ def copy_entries(
         ) as copy:
             copy.set_types(["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector",
                             "text", "timestamptz"])
-            from datetime import datetime, timedelta
-
-            from psycopg.types.json import Jsonb
-
             past = datetime.now(UTC) - timedelta(hours=1)
             for i, (key, namespace, answer, vector, model) in enumerate(rows):
                 response = {"id": f"chatcmpl-bench-{i}", "object": "chat.completion", "created": 1_700_000_000,

@@ -216,7 +216,7 @@ def recommended_lists(rows: int) -> int:
 def index_status(database: Database) -> IndexStatus:
     with database.connection() as conn:
         rows = conn.execute("SELECT count(*) FROM pgcache_entries WHERE embedding IS NOT NULL").fetchone()[0]
-        lists = _lists(conn)
+        lists = conn.execute("SELECT pgcache_index_lists()").fetchone()[0]
     return IndexStatus(rows=rows, lists=lists, recommended_lists=recommended_lists(rows))
 
 
@@ -275,16 +275,6 @@ def _set_lists(conn, target: int, attempts: int = 50) -> None:
             time.sleep(min(0.05 * (attempt + 1), 1.0))
     raise DatabaseError(f"could not lock {INDEX_NAME} to change its lists after {attempts} attempts; "
                         "lookups kept it busy: try again")
-
-
-def _lists(conn) -> int:
-    options = conn.execute(
-        "SELECT reloptions FROM pg_class WHERE relname = %s", (INDEX_NAME,)).fetchone()
-    for option in (options[0] if options else None) or []:
-        name, _, value = option.partition("=")
-        if name == "lists":
-            return int(value)
-    return 100  # pgvector's default when the index was created without the option
 
 
 def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:

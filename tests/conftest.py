@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -74,13 +76,22 @@ def template_url(server_url):
     drop_database(server_url, TEMPLATE)
 
 
+@contextmanager
+def migrated_database(server_url: str, prefix: str = "pgcache_test") -> Iterator[str]:
+    """A fresh database cloned from the migrated template, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    url = create_database(server_url, name, TEMPLATE)
+    try:
+        yield url
+    finally:
+        drop_database(server_url, name)
+
+
 @pytest.fixture
 def database_url(server_url, template_url):
     """A fresh, migrated database for one test."""
-    name = f"pgcache_test_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, TEMPLATE)
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from datetime import timedelta
 
 import openai
@@ -40,7 +39,7 @@ from pgcache.errors import (
     SchemaError,
 )
 
-from .conftest import TEMPLATE, TEST_API_KEY, create_database, drop_database, query
+from .conftest import TEST_API_KEY, migrated_database, query
 from .fake_openai import FakeOpenAI
 
 runner = CliRunner()
@@ -83,10 +82,8 @@ class Embedder:
 
 @pytest.fixture(scope="module")
 def shared_url(server_url, template_url):
-    name = f"pgcache_bad_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, TEMPLATE)
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "pgcache_bad") as url:
+        yield url
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pgcache import Cache, Settings
 from pgcache.breaker import OPEN
 from pgcache.embedders import OpenAIEmbedder
 
-from .conftest import TEMPLATE, create_database, drop_database, query
+from .conftest import migrated_database, query
 
 QUESTION = "What is a buffer overflow vulnerability?"
 PARAPHRASE = "Explain buffer overflow attacks"
@@ -23,10 +23,8 @@ EMBEDDER = "openai/text-embedding-3-small"
 @pytest.fixture
 def replica_url(server_url, template_url):
     """A second migrated database standing in for a replica whose contents differ from the primary's."""
-    name = f"pgcache_replica_{uuid.uuid4().hex[:12]}"
-    url = create_database(server_url, name, TEMPLATE)
-    yield url
-    drop_database(server_url, name)
+    with migrated_database(server_url, "pgcache_replica") as url:
+        yield url
 
 
 def read_only(url: str, application_name: str) -> str:
