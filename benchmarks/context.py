@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pgcache import store
+from pgcache.lookup import find_nearest
 from pgcache.connections import Database
 
 from .harness import Scope, Server, copy_entries, measure
@@ -78,7 +78,7 @@ def search_timings(database: Database, table: LoadedTable, queries: np.ndarray, 
     found: list[int] = []
     with database.connection() as conn:
         def lookup(i: int) -> None:
-            row = store.find_nearest(conn, scope_key, EMBEDDER, queries[i])
+            row = find_nearest(conn, scope_key, EMBEDDER, queries[i])
             found.append(row.id - 1 if row else -1)
 
         measure(lookup, min(20, len(queries)))  # warm the plan cache and buffers

@@ -8,7 +8,8 @@ import numpy as np
 import openai
 
 import pgcache
-from pgcache import Cache, keys, store
+from pgcache import Cache, keys
+from pgcache.lookup import find_exact
 
 from .context import MAIN, Context
 from .fake_llm import fake_llm
@@ -50,7 +51,7 @@ def run(context: Context) -> Section:
 
             def borrow_find_exact(i: int) -> None:
                 with database.connection() as conn:
-                    store.find_exact(conn, exact_keys[i])
+                    find_exact(conn, exact_keys[i])
 
             parts = {
                 "key only (canonical JSON + SHA-256)": measure(lambda i: keys.request_key(

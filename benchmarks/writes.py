@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import openai
 
-from pgcache import Cache, keys, store
+from pgcache import Cache, entries, keys
 from pgcache import warm as warming
 from pgcache.connections import Database
 from pgcache.embedders import OpenAIEmbedder
@@ -35,7 +35,7 @@ def run_warm(context: Context) -> Section:
         "retraining off (the lifecycle scenario measures it): once through `pgcache.warm.warm` in this process "
         "(what the command runs after start-up), once more as the `pgcache warm` command into a fresh database "
         "(process start, imports and schema check included), then the command again with every line present. "
-        f"The insert path alone: `store.insert_entries` on {rows:,} prepared entries with 1536-d vectors, "
+        f"The insert path alone: `entries.insert_entries` on {rows:,} prepared entries with 1536-d vectors, "
         "1,000 per call (binary COPY into a staging table, then one upsert), with pgcache's indexes and, to show "
         "their share, without the ivfflat index.")
     with fake_llm_process() as base_url, tempfile.TemporaryDirectory() as tmp:
@@ -89,12 +89,12 @@ def run_warm(context: Context) -> Section:
 
 
 def _insert_rate(context: Context, rows: int, drop_vector_index: bool = False) -> tuple[float, float]:
-    """Rows per second through ``store.insert_entries``, and WAL bytes written per row."""
+    """Rows per second through ``entries.insert_entries``, and WAL bytes written per row."""
     rng = np.random.default_rng(5)
-    entries = []
+    prepared = []
     for i in range(rows):
         key = MAIN.key(f"insert question {i}")
-        entries.append(store.NewEntry(
+        prepared.append(entries.NewEntry(
             namespace=MAIN.namespace, exact_key=key.exact_key, scope_key=key.scope_key, model=MAIN.model,
             prompt=key.prompt, request=keys.canonical_json(key.request),
             response='{"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", '
@@ -110,7 +110,7 @@ def _insert_rate(context: Context, rows: int, drop_vector_index: bool = False) -
                 wal_before = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
                 started = time.perf_counter()
                 for start in range(0, rows, 1000):
-                    store.insert_entries(conn, entries[start:start + 1000])
+                    entries.insert_entries(conn, prepared[start:start + 1000])
                 seconds = time.perf_counter() - started
                 wal = conn.execute("SELECT pg_current_wal_lsn() - %s::pg_lsn", (wal_before,)).fetchone()[0]
             return rows / seconds, float(wal) / rows

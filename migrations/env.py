@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, pool, text
 
 from pgcache import db
 from pgcache.models import Base
-from pgcache.settings import Settings
+from pgcache.config import Settings
 
 config = context.config
 

@@ -8,6 +8,7 @@
 
 from .cache import Cache
 from .client import wrap
+from .config import Settings
 from .errors import (
     ConfigurationError,
     DatabaseError,
@@ -18,7 +19,6 @@ from .errors import (
 )
 from .options import CallOptions
 from .result import CacheResult
-from .settings import Settings
 
 __version__ = "0.1.0"
 

@@ -9,12 +9,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import db, embedded, quality, report_render
-from . import warm as warming
+from . import config, db, embedded, quality, report_render
 from .cache import Cache
+from .config import Settings
 from .durations import parse_ttl
 from .errors import PgcacheError
-from .settings import Settings
+from .warm import WarmResult
 
 app = typer.Typer(
     name="pgcache",
@@ -26,38 +26,31 @@ app = typer.Typer(
 db_app = typer.Typer(help="Create, migrate and locate the cache database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-DatabaseUrl = Annotated[
-    Optional[str],
-    typer.Option("--database-url", help="postgresql:// URL (default: PGCACHE_DATABASE_URL, else the embedded database)."),
-]
-DataDir = Annotated[
-    Optional[Path],
-    typer.Option("--data-dir", help="Data directory of the embedded database (default: PGCACHE_DATA_DIR or per user)."),
-]
-
-
-Namespace = Annotated[
-    Optional[str], typer.Option("--namespace", "-n", help="Namespace (default: PGCACHE_NAMESPACE or 'default').")
-]
+# Shared options: their help comes from the settings' declarations (pgcache.config).
+DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", help=config.doc("database_url"))]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help=config.doc("data_dir"))]
+Namespace = Annotated[Optional[str], typer.Option("--namespace", "-n", help=config.doc("namespace"))]
 Retrain = Annotated[bool, typer.Option(
     "--retrain/--no-retrain",
     help="Retrain the ivfflat index when the table has doubled or halved since it was trained.")]
 
 
+def _given(**options: object) -> dict[str, object]:
+    """The options given on the command line; the others come from PGCACHE_* variables or defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _cache(database_url: str | None, data_dir: Path | None = None, namespace: str | None = None) -> Cache:
-    overrides = {key: value for key, value in
-                 (("database_url", database_url), ("data_dir", data_dir), ("namespace", namespace)) if value}
-    return Cache.from_env(**overrides)
+    return Cache(**_given(database_url=database_url, data_dir=data_dir, namespace=namespace))
 
 
-def _settings(database_url: str | None, data_dir: Path | None) -> tuple[str | None, Path | None]:
-    settings = Settings.from_env()
-    return database_url or settings.database_url, data_dir or settings.data_dir
+def _settings(database_url: str | None, data_dir: Path | None) -> Settings:
+    return Settings.resolve(_given(database_url=database_url, data_dir=data_dir))
 
 
 def _url(database_url: str | None, data_dir: Path | None) -> str:
-    url, data = _settings(database_url, data_dir)
-    return db.resolve_url(url, data)[0]
+    settings = _settings(database_url, data_dir)
+    return db.resolve_url(settings.database_url, settings.data_dir)[0]
 
 
 @db_app.command("upgrade")
@@ -116,8 +109,7 @@ def db_stop(data_dir: DataDir = None) -> None:
 
     Example: pgcache db stop
     """
-    data = _settings(None, data_dir)[1]
-    stopped = embedded.stop(data)
+    stopped = embedded.stop(_settings(None, data_dir).data_dir)
     typer.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
 
 
@@ -128,8 +120,8 @@ def warm(
     data_dir: DataDir = None,
     namespace: Namespace = None,
     file_format: Annotated[Optional[str], typer.Option("--format", help="text, tsv, csv or jsonl (default: detected).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Chat model (default: PGCACHE_MODEL).")] = None,
-    ttl: Annotated[Optional[str], typer.Option(help="Lifetime: 30m, 12h, 7d or never (default: PGCACHE_TTL).")] = None,
+    model: Annotated[Optional[str], typer.Option(help=config.doc("model"))] = None,
+    ttl: Annotated[Optional[str], typer.Option(help=config.doc("ttl"))] = None,
     tag: Annotated[Optional[list[str]], typer.Option(help="Tag for every entry (repeatable).")] = None,
     batch_size: Annotated[int, typer.Option(help="Entries per embedding batch and transaction.")] = 100,
     concurrency: Annotated[int, typer.Option(help="Parallel LLM calls for question-only files.")] = 4,
@@ -144,22 +136,17 @@ def warm(
     """
     if ttl is not None:
         parse_ttl(ttl, name="--ttl")
-    text = warming.read_text(file)
-    items, errors = warming.parse(file, text, file_format or warming.detect_format(file, text))
-    for error in errors:
-        typer.echo(error, err=True)
-    if errors and strict:
-        raise PgcacheError(f"{len(errors)} bad lines in {file}; nothing was written (--strict)")
     with _cache(database_url, data_dir, namespace) as cache:
-        result = _run_warm(cache, file, items, model=model, ttl=ttl, tags=tuple(tag or ()), batch_size=batch_size,
-                           concurrency=concurrency, replace=replace, dry_run=dry_run)
+        result = _run_warm(cache, file, file_format=file_format, model=model, ttl=ttl, tags=tuple(tag or ()),
+                           batch_size=batch_size, concurrency=concurrency, replace=replace, dry_run=dry_run,
+                           strict=strict)
         for error in result.errors:
             typer.echo(error, err=True)
         verb = "would add" if dry_run else "added"
-        typer.echo(f"{verb} {result.added}, already present {result.present}, failed {result.failed + len(errors)}")
+        typer.echo(f"{verb} {result.added}, already present {result.present}, failed {result.failed}")
         if not dry_run:
             _keep_index_trained(cache, retrain)
-    if result.failed or errors:
+    if result.failed:
         raise typer.Exit(1)
 
 
@@ -180,14 +167,18 @@ def _keep_index_trained(cache: Cache, retrain: bool) -> None:
         typer.echo(f"index retrained in {result.seconds:.1f}s")
 
 
-def _run_warm(cache: Cache, file: Path, items, **options) -> warming.WarmResult:
+def _run_warm(cache: Cache, file: Path, **options: object) -> WarmResult:
     if not sys.stdout.isatty():
-        return warming.warm(cache, file, items, **options)
+        return cache.warm(file, **options)
     from rich.progress import Progress
 
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"warming {file.name}", total=len(items))
-        return warming.warm(cache, file, items, progress=lambda n: progress.advance(task, n), **options)
+        task = progress.add_task(f"warming {file.name}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, total=total, advance=done)
+
+        return cache.warm(file, progress=advance, **options)
 
 
 @app.command()
@@ -197,8 +188,7 @@ def sweep(
     batch_size: Annotated[int, typer.Option(help="Rows deleted per transaction.")] = 10_000,
     max_seconds: Annotated[Optional[float], typer.Option(help="Stop after this long; the next run goes on.")] = None,
     ledger_retention: Annotated[str, typer.Option(help="Delete ledger rows older than this (e.g. 90d).")] = "90d",
-    max_entries: Annotated[Optional[int], typer.Option(
-        help="Evict least recently hit entries beyond this many (default: PGCACHE_MAX_ENTRIES).")] = None,
+    max_entries: Annotated[Optional[int], typer.Option(help=config.doc("max_entries"))] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only count what would be deleted.")] = False,
     retrain: Retrain = True,
 ) -> None:
@@ -211,11 +201,9 @@ def sweep(
     retention = parse_ttl(ledger_retention, name="--ledger-retention")
     if retention is None:
         raise PgcacheError("--ledger-retention must be a duration such as 90d")
-    if max_entries is None:
-        max_entries = Settings.from_env().max_entries
     with _cache(database_url, data_dir) as cache:
         result = cache.sweep(batch_size=batch_size, max_seconds=max_seconds, ledger_retention_days=retention / 86400,
-                             max_entries=max_entries, dry_run=dry_run)
+                             dry_run=dry_run, **_given(max_entries=max_entries))
         if result.skipped:
             typer.echo("another sweep is running; nothing done")
             return
@@ -313,7 +301,7 @@ def report(
 PairsFile = Annotated[Path, typer.Argument(help="CSV or TSV with a, b, label columns (1: one answer serves both).")]
 
 
-@app.command("eval")
+@app.command()
 def evaluate(
     pairs: PairsFile,
     database_url: DatabaseUrl = None,
@@ -323,7 +311,7 @@ def evaluate(
 ) -> None:
     """Precision, recall and F1 of the semantic decision across thresholds, for the configured embedder.
 
-    Example: PGCACHE_EMBEDDER=local pgcache eval pairs.csv --format json
+    Example: PGCACHE_EMBEDDER=local pgcache evaluate pairs.csv --format json
     """
     if output not in ("table", "json"):
         raise PgcacheError(f"--format must be table or json, got {output!r}")
@@ -393,15 +381,12 @@ def feedback(
 
     Example: pgcache feedback wrong 0b7e9c1e-5d7c-4c39-9a53-7f0f5f3c2a11
     """
-    if verdict not in ("wrong", "right"):
-        raise PgcacheError(f"verdict must be wrong or right, got {verdict!r}")
     with _cache(database_url, data_dir) as cache:
-        if verdict == "right":
-            cache.report_right_hit(lookup_id)
-            typer.echo("kept as a right hit")
-            return
-        threshold = cache.report_wrong_hit(lookup_id)
-    typer.echo(f"kept as a wrong hit; the entry now needs similarity >= {threshold:.5f}")
+        threshold = cache.feedback(verdict, lookup_id)
+    if verdict == "right":
+        typer.echo("kept as a right hit")
+    else:
+        typer.echo(f"kept as a wrong hit; the entry now needs similarity >= {threshold:.5f}")
 
 
 def _ratio(value: float | None) -> str:

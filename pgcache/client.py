@@ -24,7 +24,8 @@ import asyncio
 import functools
 from typing import Any
 
-from .cache import Cache, Flight
+from .cache import Cache
+from .flight import Flight
 from .options import CallOptions
 from .result import CacheResult
 from .streaming import ChunkAccumulator, replay_chunks
@@ -72,18 +73,20 @@ class _Completions(_Passthrough):
         self.cache = cache
 
     def create(self, *, messages: Any, model: str, stream: bool = False, pgcache: Any = None, **params: Any) -> Any:
-        options = CallOptions.build(pgcache)
-        found = self.cache._begin(messages, model, params, options)
+        flights = self.cache.flights
+        found = flights.begin(messages, model, params, CallOptions.build(pgcache))
+        if isinstance(found, Flight) and found.contending:
+            found = flights.wait(found)
         if isinstance(found, CacheResult):
             return _from_cache(found, stream, params)
         try:
             upstream = self._inner.create(messages=messages, model=model, stream=stream, **params)
         except BaseException as exc:
-            self.cache._abort(found, exc)
+            flights.abort(found, exc)
             raise
         if stream:
             return LiveStream(upstream, self.cache, found)
-        return _attach(upstream, self.cache._finish(found, upstream))
+        return _attach(upstream, flights.finish(found, upstream))
 
 
 class _AsyncCompletions(_Passthrough):
@@ -101,17 +104,17 @@ class _AsyncCompletions(_Passthrough):
         try:
             upstream = await self._inner.create(messages=messages, model=model, stream=stream, **params)
         except BaseException as exc:
-            await _offload(self.cache, self.cache._abort, found, exc)
+            await _offload(self.cache, self.cache.flights.abort, found, exc)
             raise
         if stream:
             return AsyncLiveStream(upstream, self.cache, found)
-        return _attach(upstream, await _offload(self.cache, self.cache._finish, found, upstream))
+        return _attach(upstream, await _offload(self.cache, self.cache.flights.finish, found, upstream))
 
 
 async def _begin_async(cache: Cache, messages, model, params, options) -> CacheResult | Flight:
-    found = await _offload(cache, cache._look_up, messages, model, params, options)
-    if isinstance(found, Flight) and found.contend:
-        steps = cache._contend(found)
+    found = await _offload(cache, cache.flights.begin, messages, model, params, options)
+    if isinstance(found, Flight) and found.contending:
+        steps = cache.flights.contend(found)
         while True:
             done, value = await _offload(cache, _step, steps)
             if done:
@@ -209,14 +212,14 @@ class _LiveBase:
         if flight is None:
             return
         if not self._accumulator.complete:  # ended without finish reasons: cut short, not an answer
-            self._cache._abort(flight, EOFError("stream ended early"))
+            self._cache.flights.abort(flight, EOFError("stream ended early"))
             return
-        self.pgcache = self._cache._finish(flight, self._accumulator.completion())
+        self.pgcache = self._cache.flights.finish(flight, self._accumulator.completion())
 
     def _failed(self, error: BaseException) -> None:
         flight, self._flight = self._flight, None
         if flight is not None:
-            self._cache._abort(flight, error)
+            self._cache.flights.abort(flight, error)
 
     def __del__(self) -> None:
         # A caller that stopped reading and dropped the stream: nothing is stored.

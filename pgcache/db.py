@@ -10,12 +10,12 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from . import embedded
+from . import embedded, queries
 from .errors import ConfigurationError, DatabaseError, PgcacheError, SchemaError
 
-VERSION_TABLE = "pgcache_alembic_version"
-# Serialises migrations when several processes start against a fresh database.
-MIGRATION_LOCK_ID = 0x70676361636865  # "pgcache"
+
+VERSION_TABLE = queries.VERSION_TABLE
+MIGRATION_LOCK_ID = queries.MIGRATION_LOCK_ID
 
 _log = logging.getLogger(__name__)
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
@@ -117,9 +117,10 @@ def current_revision(url: str) -> str | None:
     """The schema revision recorded in the database, or ``None`` when pgcache was never installed there."""
     try:
         with psycopg.connect(normalize_url(url), autocommit=True, connect_timeout=10) as conn:
-            if conn.execute("SELECT to_regclass(%s)", (VERSION_TABLE,)).fetchone()[0] is None:
+            found = conn.execute(queries.FIND_VERSION_TABLE, (VERSION_TABLE,)).fetchone()
+            if found is None or found[0] is None:
                 return None
-            row = conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()
+            row = conn.execute(queries.SCHEMA_VERSION).fetchone()
             return row[0] if row else None
     except psycopg.Error as exc:
         raise DatabaseError(f"cannot read the schema version from {redact(url)}: {exc}") from exc

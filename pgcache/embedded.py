@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from . import queries
 from .errors import DatabaseError
 
 DATABASE_NAME = "pgcache"
@@ -96,10 +97,10 @@ def stop(data_dir: Path | None = None) -> bool:
 
 def _ensure_database(admin_url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE_NAME,)).fetchone()
+        exists = conn.execute(queries.FIND_DATABASE, (DATABASE_NAME,)).fetchone()
         if exists:
             return
         try:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE_NAME)))
+            conn.execute(sql.SQL(queries.CREATE_DATABASE).format(name=sql.Identifier(DATABASE_NAME)))
         except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             pass  # another process created it first

@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import ConfigurationError, EmbedderError
-from .models import EMBEDDING_DIMENSIONS
+from .queries import EMBEDDING_DIMENSIONS
 
 DEFAULT_THRESHOLD = 0.92
 """Cosine similarity for OpenAI's text-embedding-3-small (the tutorial's value)."""

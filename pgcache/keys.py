@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidRequestError
+from .validation import check_name
 
 KEY_VERSION = 1
 
@@ -68,6 +69,8 @@ class RequestKey:
     cannot be matched semantically (last message not from the user, or not plain text)."""
     request: dict[str, Any]
     """The canonical request as stored: model, messages and output parameters."""
+    model: str
+    namespace: str
 
 
 def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[dict[str, Any]]:
@@ -208,4 +211,20 @@ def request_key(
         # PostgreSQL text cannot hold NUL: the text that is embedded and logged goes without it,
         # while the request itself keeps it (so storing it is refused, with a message saying why).
         prompt = prompt.replace("\x00", "")
-    return RequestKey(exact_key=exact, scope_key=scope, prompt=prompt, request=request)
+    return RequestKey(exact_key=exact, scope_key=scope, prompt=prompt, request=request, model=model,
+                      namespace=namespace)
+
+
+@dataclass(frozen=True)
+class RequestKeys:
+    """Keys of requests, with a cache's default model and namespace filled in where a call names none."""
+
+    model: str
+    namespace: str
+
+    def key(self, prompt_or_messages: str | Sequence[Any], model: str | None = None, namespace: str | None = None,
+            params: Mapping[str, Any] | None = None) -> RequestKey:
+        return request_key(prompt_or_messages,
+                           model=self.model if model is None else check_name(model, "model"),
+                           namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
+                           params=params)

@@ -15,28 +15,15 @@ import queue
 import threading
 import uuid
 from collections import Counter
-from dataclasses import astuple, dataclass
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from typing import Any
 
+from . import queries
 from .connections import Database
 
 _log = logging.getLogger(__name__)
-
-INSERT_LOOKUP = """
-INSERT INTO pgcache_lookups (
-    id, at, namespace, model, outcome, entry_id, embedder, similarity, threshold,
-    latency_ms, prompt_tokens, completion_tokens, error, candidate_id, llm_ms, rejected_by, prompt, judge_tokens
-) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-"""
-
-# Ids are sorted so that concurrent writers lock rows in the same order.
-COUNT_HITS = """
-UPDATE pgcache_entries AS e
-SET hit_count = e.hit_count + h.n, last_hit_at = GREATEST(e.last_hit_at, h.at)
-FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::bigint[]) AS n, unnest(%s::timestamptz[]) AS at) AS h
-WHERE e.id = h.id
-"""
-
 
 @dataclass(slots=True)
 class LookupRecord:
@@ -62,11 +49,31 @@ class LookupRecord:
     """The request's text, kept for semantic hits only (feedback turns it into a labelled pair)."""
     judge_tokens: int | None = None
 
+    @classmethod
+    def start(cls, model: str, namespace: str) -> LookupRecord:
+        """The record of a lookup that begins now; a miss until a tier finds something."""
+        return cls(id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
+                   outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0)
+
+    def params(self) -> dict[str, Any]:
+        """The row's values by column name."""
+        return {name: getattr(self, name) for name in LOOKUP_COLUMNS}
+
+
+LOOKUP_COLUMNS = tuple(field.name for field in fields(LookupRecord))
+# Bound by name, from the record's own fields: reordering a field cannot shift a column.
+INSERT_LOOKUP = queries.insert_named("pgcache_lookups", LOOKUP_COLUMNS)
+
 
 class LedgerWriter:
-    """Batches ledger rows and hit counts onto a background thread."""
+    """Batches ledger rows and hit counts onto a background thread.
 
-    def __init__(self, database: Database, *, batch_size: int = 500, interval: float = 0.2) -> None:
+    ``database`` returns the pool to write to; it is called on the writer's
+    thread, so a lookup that records before anything opened the database
+    does not wait for it to open.
+    """
+
+    def __init__(self, database: Callable[[], Database], *, batch_size: int = 500, interval: float = 0.2) -> None:
         self.database = database
         self.batch_size = batch_size
         self.interval = interval
@@ -78,7 +85,8 @@ class LedgerWriter:
         self._failing = False
 
     def record(self, row: LookupRecord) -> None:
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
             self._start()
         self._queue.put(row)
 
@@ -97,10 +105,11 @@ class LedgerWriter:
             self._queue.put(None)
             self._wake.set()
             self._thread.join(timeout)
+            self._thread = None
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="pgcache-ledger", daemon=True)
                 self._thread.start()
 
@@ -143,11 +152,11 @@ class LedgerWriter:
                 last[row.entry_id] = max(last.get(row.entry_id, row.at), row.at)
         ids = sorted(hits)
         try:
-            with self.database.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                cur.execute("SET LOCAL synchronous_commit = off")
-                cur.executemany(INSERT_LOOKUP, [astuple(row) for row in batch])
+            with self.database().connection() as conn, conn.transaction(), conn.cursor() as cur:
+                cur.execute(queries.ASYNC_COMMIT)
+                cur.executemany(INSERT_LOOKUP, [row.params() for row in batch])
                 if ids:
-                    cur.execute(COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
+                    cur.execute(queries.COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
         except Exception as exc:  # the ledger must never break lookups
             self.dropped += len(batch)
             if not self._failing:

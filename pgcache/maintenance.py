@@ -12,16 +12,9 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from . import queries
 from .connections import Database
 from .errors import DatabaseError, InvalidRequestError
-
-INDEX_NAME = "pgcache_entries_embedding_idx"
-SWEEP_LOCK_ID = 0x70676373776565  # "pgcswee"
-REINDEX_LOCK_ID = 0x70676372656978  # "pgcreix"
-# Below this many vectors an exact scan of the one-list index stays under ~5 ms (docs/benchmarks.md).
-EXACT_SEARCH_ROWS = 2_000
-
-_LIVE = "(expires_at IS NULL OR expires_at > now())"
 
 
 @dataclass
@@ -64,26 +57,23 @@ def sweep(
     result = SweepResult()
     with database.connection() as conn:
         if dry_run:
-            result.expired = conn.execute("SELECT count(*) FROM pgcache_entries WHERE expires_at <= now()").fetchone()[0]
-            result.lookups = conn.execute(
-                "SELECT count(*) FROM pgcache_lookups WHERE at < now() - %s::interval", (retention,)).fetchone()[0]
+            result.expired = _scalar(conn, queries.COUNT_EXPIRED)
+            result.lookups = _scalar(conn, queries.COUNT_OLD_LOOKUPS, (retention,))
             if max_entries is not None:
-                live = conn.execute(f"SELECT count(*) FROM pgcache_entries WHERE {_LIVE}").fetchone()[0]
-                result.evicted = max(0, live - max_entries)
+                result.evicted = max(0, _scalar(conn, queries.COUNT_LIVE) - max_entries)
             result.seconds = time.monotonic() - started
             return result
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK_ID,)).fetchone()[0]:
+        if not _scalar(conn, queries.TRY_LOCK, (queries.SWEEP_LOCK_ID,)):
             result.skipped = True
             return result
         # Batches may take longer than a lookup's statement timeout; they hold no lock lookups need.
-        conn.execute("SET statement_timeout = '5min'")
+        _set(conn, statement_timeout="5min")
         try:
             def out_of_time() -> bool:
                 return max_seconds is not None and time.monotonic() - started >= max_seconds
 
             while True:
-                expired, lookups = conn.execute(
-                    "SELECT * FROM pgcache_sweep(%s, %s::interval)", (batch_size, retention)).fetchone()
+                expired, lookups = _row(conn, queries.SWEEP_BATCH, (batch_size, retention))
                 result.expired += expired
                 result.lookups += lookups
                 if expired < batch_size and lookups < batch_size:
@@ -93,7 +83,7 @@ def sweep(
                     break
             if max_entries is not None:
                 while True:
-                    evicted = conn.execute(EVICT, {"max": max_entries, "batch": batch_size}).rowcount
+                    evicted = conn.execute(queries.EVICT, {"max": max_entries, "batch": batch_size}).rowcount
                     result.evicted += evicted
                     if evicted < batch_size:
                         break
@@ -101,21 +91,10 @@ def sweep(
                         result.complete = False
                         break
         finally:
-            conn.execute("RESET statement_timeout")
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK_ID,))
+            _reset(conn, "statement_timeout")
+            conn.execute(queries.UNLOCK, (queries.SWEEP_LOCK_ID,))
     result.seconds = time.monotonic() - started
     return result
-
-
-EVICT = f"""
-WITH excess AS (
-    SELECT id FROM pgcache_entries WHERE {_LIVE}
-    ORDER BY (source = 'warm'), coalesce(last_hit_at, created_at), id
-    LIMIT least(%(batch)s, greatest(0, (SELECT count(*) FROM pgcache_entries WHERE {_LIVE}) - %(max)s))
-    FOR UPDATE SKIP LOCKED
-)
-DELETE FROM pgcache_entries AS e USING excess WHERE e.id = excess.id
-"""
 
 
 @dataclass
@@ -129,35 +108,24 @@ class Filters:
     min_similarity: float | None = None
     tags: Sequence[str] = field(default_factory=list)
     model: str | None = None
-    older_than_seconds: float | None = None
+    older_than: float | None = None
+    """Seconds."""
     source: str | None = None
     key: bytes | None = None
     everything: bool = False
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
-        clauses = [sql.SQL("namespace = %(namespace)s")]
-        params: dict[str, Any] = {"namespace": self.namespace}
-        selective = False
-        for column, value in (("prompt", self.prompt), ("model", self.model), ("source", self.source),
-                              ("exact_key", self.key)):
-            if value is not None:
-                clauses.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
-                params[column] = value
-                selective = True
-        if self.tags:
-            clauses.append(sql.SQL("tags @> %(tags)s::text[]"))
-            params["tags"] = list(self.tags)
-            selective = True
-        if self.older_than_seconds is not None:
-            clauses.append(sql.SQL("created_at < now() - %(age)s * interval '1 second'"))
-            params["age"] = self.older_than_seconds
-            selective = True
-        if self.similar_to is not None:
-            clauses.append(sql.SQL("embedder = %(embedder)s AND 1 - (embedding <=> %(vector)s) >= %(min_similarity)s"))
-            params.update(embedder=self.embedder, vector=self.similar_to, min_similarity=self.min_similarity)
-            selective = True
-        if not selective and not self.everything:
+        """The WHERE clause (conditions from :data:`pgcache.queries.FILTERS`, joined by AND) and its parameters."""
+        given = {name: getattr(self, name) for name in ("prompt", "model", "source", "key", "older_than",
+                                                         "similar_to")}
+        given["tags"] = list(self.tags) or None
+        chosen = [name for name, value in given.items() if value is not None]
+        if not chosen and not self.everything:
             raise InvalidRequestError("give at least one filter, or ask for all entries of the namespace explicitly")
+        params = {"namespace": self.namespace, **{name: given[name] for name in chosen}}
+        if self.similar_to is not None:
+            params.update(embedder=self.embedder, min_similarity=self.min_similarity)
+        clauses = [sql.SQL(queries.FILTERS[name]) for name in ("namespace", *chosen)]
         return sql.SQL(" AND ").join(clauses), params
 
 
@@ -165,10 +133,8 @@ def preview_invalidation(database: Database, filters: Filters, limit: int = 5) -
     """How many entries the filters select, and a sample of them."""
     where, params = filters.where()
     with database.connection() as conn:
-        count = conn.execute(sql.SQL("SELECT count(*) FROM pgcache_entries WHERE ") + where, params).fetchone()[0]
-        rows = conn.execute(
-            sql.SQL("SELECT id, model, source, prompt FROM pgcache_entries WHERE ") + where
-            + sql.SQL(" ORDER BY id LIMIT %(limit)s"), {**params, "limit": limit}).fetchall()
+        count = _scalar(conn, sql.SQL(queries.COUNT_SELECTED).format(where=where), params)
+        rows = conn.execute(sql.SQL(queries.SAMPLE_SELECTED).format(where=where), {**params, "limit": limit}).fetchall()
     return count, [{"id": r[0], "model": r[1], "source": r[2], "prompt": r[3]} for r in rows]
 
 
@@ -176,11 +142,9 @@ def invalidate(database: Database, filters: Filters, *, yes: bool = False) -> in
     """Delete the selected entries; emptying a whole namespace needs ``yes=True``."""
     where, params = filters.where()
     with database.connection() as conn, conn.transaction():
-        count = conn.execute(
-            sql.SQL("DELETE FROM pgcache_entries WHERE ") + where, params).rowcount
+        count = conn.execute(sql.SQL(queries.DELETE_SELECTED).format(where=where), params).rowcount
         if count and not yes:
-            left = conn.execute("SELECT count(*) FROM pgcache_entries WHERE namespace = %s",
-                                (filters.namespace,)).fetchone()[0]
+            left = _scalar(conn, queries.COUNT_NAMESPACE, (filters.namespace,))
             if left == 0:  # raising rolls the delete back
                 raise InvalidRequestError(
                     f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)")
@@ -202,21 +166,21 @@ class IndexStatus:
 
 
 def recommended_lists(rows: int) -> int:
-    """One list (exact search) for small tables, then 2 * sqrt(rows).
+    """One list (exact search) below :data:`~pgcache.queries.EXACT_SEARCH_ROWS`, then 2 * sqrt(rows).
 
     More, smaller lists than pgvector's rows / 1000 guidance: at 100k entries 632 lists
     probed 4 at a time gave higher recall in less time than 100 lists probed 4 at a time
     (docs/benchmarks.md, index lifecycle). Lookups probe ``pgcache_probes(lists)`` lists.
     """
-    if rows < EXACT_SEARCH_ROWS:
+    if rows < queries.EXACT_SEARCH_ROWS:
         return 1
     return min(32_768, round(2 * math.sqrt(rows)))
 
 
 def index_status(database: Database) -> IndexStatus:
     with database.connection() as conn:
-        rows = conn.execute("SELECT count(*) FROM pgcache_entries WHERE embedding IS NOT NULL").fetchone()[0]
-        lists = conn.execute("SELECT pgcache_index_lists()").fetchone()[0]
+        rows = _scalar(conn, queries.COUNT_VECTORS)
+        lists = _scalar(conn, queries.INDEX_LISTS)
     return IndexStatus(rows=rows, lists=lists, recommended_lists=recommended_lists(rows))
 
 
@@ -242,19 +206,16 @@ def reindex(database: Database, *, lists: int | None = None, maintenance_work_me
         raise InvalidRequestError(f"lists must be between 1 and 32768, got {target}")
     with database.connection() as conn:
         # One reindex at a time: two would deadlock on each other's index locks.
-        if not conn.execute("SELECT pg_try_advisory_lock(%s)", (REINDEX_LOCK_ID,)).fetchone()[0]:
+        if not _scalar(conn, queries.TRY_LOCK, (queries.REINDEX_LOCK_ID,)):
             return ReindexResult(before=before, after=before, seconds=0.0, skipped=True)
         try:
-            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-            conn.execute("SET statement_timeout = 0")
+            _set(conn, maintenance_work_mem=maintenance_work_mem, statement_timeout="0")
             _set_lists(conn, target)
-            conn.execute("SET lock_timeout = '30s'")
-            conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(INDEX_NAME)))
+            _set(conn, lock_timeout="30s")
+            conn.execute(sql.SQL(queries.REINDEX).format(index=sql.Identifier(queries.INDEX_NAME)))
         finally:
-            conn.execute("RESET statement_timeout")
-            conn.execute("RESET lock_timeout")
-            conn.execute("RESET maintenance_work_mem")
-            conn.execute("SELECT pg_advisory_unlock(%s)", (REINDEX_LOCK_ID,))
+            _reset(conn, "statement_timeout", "lock_timeout", "maintenance_work_mem")
+            conn.execute(queries.UNLOCK, (queries.REINDEX_LOCK_ID,))
     return ReindexResult(before=before, after=index_status(database), seconds=time.monotonic() - started)
 
 
@@ -265,15 +226,15 @@ def _set_lists(conn, target: int, attempts: int = 50) -> None:
     it in line would stall every lookup queued behind the wait, so each attempt
     gives up after 200 ms and the next comes after a pause.
     """
-    statement = sql.SQL("ALTER INDEX {} SET (lists = {})").format(sql.Identifier(INDEX_NAME), sql.Literal(target))
-    conn.execute("SET lock_timeout = '200ms'")
+    statement = sql.SQL(queries.SET_LISTS).format(index=sql.Identifier(queries.INDEX_NAME), lists=sql.Literal(target))
+    _set(conn, lock_timeout="200ms")
     for attempt in range(attempts):
         try:
             conn.execute(statement)
             return
         except psycopg.errors.LockNotAvailable:
             time.sleep(min(0.05 * (attempt + 1), 1.0))
-    raise DatabaseError(f"could not lock {INDEX_NAME} to change its lists after {attempts} attempts; "
+    raise DatabaseError(f"could not lock {queries.INDEX_NAME} to change its lists after {attempts} attempts; "
                         "lookups kept it busy: try again")
 
 
@@ -282,3 +243,23 @@ def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise InvalidRequestError(f"{name} must be an integer >= {low}, got {value!r}")
     return value
+
+
+def _row(conn: psycopg.Connection, statement: Any, params: Any = None) -> tuple:
+    row = conn.execute(statement, params).fetchone()
+    assert row is not None, "the statement returns one row"
+    return row
+
+
+def _scalar(conn: psycopg.Connection, statement: Any, params: Any = None) -> Any:
+    return _row(conn, statement, params)[0]
+
+
+def _set(conn: psycopg.Connection, **values: str) -> None:
+    for name, value in values.items():
+        conn.execute(queries.SET_SESSION, (name, value))
+
+
+def _reset(conn: psycopg.Connection, *names: str) -> None:
+    for name in names:
+        conn.execute(sql.SQL(queries.RESET_SESSION).format(name=sql.Identifier(name)))

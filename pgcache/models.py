@@ -2,7 +2,7 @@
 
 These declare the schema that the Alembic migrations build; a test checks that
 the two agree. The lookup hot path does not go through the ORM (see
-``store.py``); the models serve migrations, tests and ad-hoc scripts.
+``queries.py``); the models serve migrations, tests and ad-hoc scripts.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-EMBEDDING_DIMENSIONS = 1536
+from .queries import EMBEDDING_DIMENSIONS, INDEX_NAME
 
 NAMING_CONVENTION = {
     "ix": "%(table_name)s_%(column_0_name)s_idx",
@@ -78,7 +78,7 @@ class Entry(Base):
         Index("pgcache_entries_scope_idx", "scope_key", "embedder"),
         # Over half-precision copies of the vectors: half the size, same recall after re-ranking.
         Index(
-            "pgcache_entries_embedding_idx",
+            INDEX_NAME,
             cast(literal_column("embedding"), HALFVEC(EMBEDDING_DIMENSIONS)).label("embedding_half"),
             postgresql_using="ivfflat",
             postgresql_with={"lists": 1},

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .config import UNSET
 from .durations import parse_ttl
 from .errors import InvalidRequestError
 from .validation import check_name, check_tags, check_threshold
 
-UNSET: Any = type("Unset", (), {"__repr__": lambda self: "UNSET"})()
 
 
 @dataclass(frozen=True)

@@ -42,15 +42,21 @@ def parse_prices(value: str | None, *, name: str = "PGCACHE_PRICES") -> dict[str
         table = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigurationError(f"{name} is not valid JSON: {exc.msg}") from None
+    return {**prices, **check_prices(table, name)}
+
+
+def check_prices(table: object, name: str = "prices") -> dict[str, tuple[float, float]]:
+    """``{model: (input, output)}`` from a mapping of model names to two non-negative prices."""
     if not isinstance(table, Mapping):
         raise ConfigurationError(f'{name} must map model names to [input, output] prices, e.g. {{"m": [0.5, 1.5]}}')
+    checked: dict[str, tuple[float, float]] = {}
     for model, pair in table.items():
-        if (not isinstance(pair, list) or len(pair) != 2
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
                            for p in pair)):
             raise ConfigurationError(f"{name}: price of {model!r} must be [input, output] dollars per 1M tokens")
-        prices[model] = (float(pair[0]), float(pair[1]))
-    return prices
+        checked[str(model)] = (float(pair[0]), float(pair[1]))
+    return checked
 
 
 def cost(prices: Mapping[str, tuple[float, float]], model: str, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -10,31 +10,9 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from . import queries
 from .connections import Database
 from .prices import cost
-
-DAILY = """
-SELECT day, model, sum(lookups) AS lookups, sum(exact_hits) AS exact_hits,
-       sum(semantic_hits) AS semantic_hits, sum(misses) AS misses, sum(bypasses) AS bypasses,
-       sum(errors) AS errors, sum(prompt_tokens_saved) AS prompt_tokens_saved,
-       sum(completion_tokens_saved) AS completion_tokens_saved,
-       sum(avg_llm_ms * misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS llm_ms_total,
-       sum(misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS timed_misses
-FROM pgcache_daily_stats
-WHERE {where}
-GROUP BY day, model
-ORDER BY day, model
-"""
-
-TOP = """
-SELECT entry_id, namespace, model, prompt, source, hit_count, last_hit_at, tokens_saved
-FROM pgcache_top_entries WHERE {where} LIMIT %(limit)s
-"""
-
-NEAR = """
-SELECT lookup_id, at, namespace, model, similarity, threshold, gap, prompt, candidate_id, candidate_prompt
-FROM pgcache_near_misses WHERE {where} ORDER BY gap, at DESC LIMIT %(limit)s
-"""
 
 COUNTS = ("lookups", "exact_hits", "semantic_hits", "misses", "bypasses", "errors",
           "prompt_tokens_saved", "completion_tokens_saved")
@@ -56,14 +34,10 @@ def build_report(
     start = datetime.now(timezone.utc) - since if since is not None else None
     params: dict[str, Any] = {"namespace": namespace, "model": model, "limit": limit,
                               "day": start.date() if start else None, "at": start}
-    common = [sql.SQL("(%(namespace)s::text IS NULL OR namespace = %(namespace)s)"),
-              sql.SQL("(%(model)s::text IS NULL OR model = %(model)s)")]
     with database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-        daily = cur.execute(_query(DAILY, common + [sql.SQL("(%(day)s::date IS NULL OR day >= %(day)s)")]),
-                            params).fetchall()
-        top = cur.execute(_query(TOP, common), params).fetchall()
-        near = cur.execute(_query(NEAR, common + [sql.SQL("(%(at)s::timestamptz IS NULL OR at >= %(at)s)")]),
-                           params).fetchall()
+        daily = cur.execute(_query(queries.REPORT_DAILY, "namespace", "model", "day"), params).fetchall()
+        top = cur.execute(_query(queries.REPORT_TOP, "namespace", "model"), params).fetchall()
+        near = cur.execute(_query(queries.REPORT_NEAR, "namespace", "model", "at"), params).fetchall()
 
     models: dict[str, dict[str, Any]] = {}
     days: dict[date, dict[str, Any]] = {}
@@ -99,7 +73,8 @@ def build_report(
     }
 
 
-def _query(template: str, conditions: list[sql.Composable]) -> sql.Composed:
+def _query(template: str, *filters: str) -> sql.Composed:
+    conditions = [sql.SQL(queries.REPORT_FILTERS[name]) for name in filters]
     return sql.SQL(template).format(where=sql.SQL(" AND ").join(conditions))
 
 

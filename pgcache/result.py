@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Status = Literal["exact", "semantic", "miss"]
+Status = Literal["exact", "semantic", "miss", "bypass"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +32,7 @@ class CacheResult:
     @property
     def cached(self) -> bool:
         """True when the answer came from the cache."""
-        return self.status != "miss"
+        return self.status in ("exact", "semantic")
 
     def completion(self):
         """The response as an ``openai`` ``ChatCompletion`` object."""

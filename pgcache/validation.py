@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import ConfigurationError, InvalidRequestError
-from .models import EMBEDDING_DIMENSIONS
+from .queries import EMBEDDING_DIMENSIONS
 from .responses import check_text
 
 SOURCES = ("llm", "warm", "manual")
@@ -26,9 +26,9 @@ def check_name(value: Any, what: str) -> str:
     return value
 
 
-def check_threshold(value: Any) -> float:
+def check_threshold(value: Any, name: str = "threshold") -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 < value <= 1:
-        raise ConfigurationError(f"threshold must be a cosine similarity in (0, 1], got {value!r}")
+        raise ConfigurationError(f"{name} must be a cosine similarity in (0, 1], got {short_repr(value)}")
     return float(value)
 
 

@@ -141,6 +141,25 @@ def _parse_line(fmt: str, number: int, line: str, raw: str) -> WarmItem:
     return WarmItem(number, prompt.strip(), response.strip(), tuple(tags), obj.get("ttl"), namespace)
 
 
+def warm_file(cache: Any, file: Path | str, *, file_format: str | None = None, strict: bool = False,
+              progress: Callable[[int, int], None] | None = None, **options: Any) -> WarmResult:
+    """Read ``file``, parse it (format detected unless given) and :func:`warm` the cache from it.
+
+    Lines that cannot be used are counted as failed, with ``FILE:LINE: reason``
+    in the result's errors; with ``strict`` any such line stops the warm before
+    anything is written. ``progress(done, total)`` is called as batches finish.
+    """
+    path = Path(file)
+    text = read_text(path)
+    items, errors = parse(path, text, file_format or detect_format(path, text))
+    if errors and strict:
+        raise InvalidRequestError(f"{len(errors)} bad lines in {path}; nothing was written (strict): {errors[0]}")
+    result = WarmResult(failed=len(errors), errors=list(errors))
+    advance = None if progress is None else (lambda done: progress(done, len(items)))
+    result.merge(warm(cache, path, items, progress=advance, **options))
+    return result
+
+
 def warm(
     cache: Any,
     path: Path,

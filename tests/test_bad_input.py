@@ -27,7 +27,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pgcache import Cache, db, store
+from pgcache import Cache, admin, db
 from pgcache.cli import app
 from pgcache.embedders import OpenAIEmbedder
 from pgcache.errors import (
@@ -666,7 +666,7 @@ def test_names_of_the_longest_allowed_length_fit_every_index(url, llm):
     with Cache(url, embedder=embedder, llm=llm, namespace=namespace, model="m" * 255) as cache:
         entry_id = cache.store("question", "answer", tags=["t" * 255])
         with psycopg.connect(url, autocommit=True) as conn:
-            store.save_threshold(conn, namespace, embedder.name, 0.9, 0.98, 0.97, 10, "pairs.csv")
+            admin.save_threshold(conn, namespace, embedder.name, 0.9, 0.98, 0.97, 10, "pairs.csv")
         assert cache.threshold_in_force()[0] == 0.9
         assert cache.lookup("question").status == "exact"
         assert cache.lookup("another question").entry_id == entry_id

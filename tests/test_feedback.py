@@ -39,12 +39,12 @@ def cache(database_url, llm):
 def test_a_wrong_hit_tightens_only_that_phrasing(cache, database_url):
     wrong = cache.lookup(DISABLE)
     assert wrong.status == "semantic" and wrong.similarity == pytest.approx(0.90, abs=1e-4)
-    new_threshold = cache.report_wrong_hit(wrong.lookup_id)
+    new_threshold = cache.feedback("wrong", wrong.lookup_id)
     assert new_threshold == pytest.approx(wrong.similarity + 1e-5)
     assert cache.lookup(DISABLE) is None, "the reported phrasing no longer hits that entry"
     right = cache.lookup(TURN_ON)
     assert right is not None and right.status == "semantic", "a true paraphrase above the new threshold still hits"
-    cache.report_right_hit(right.lookup_id)
+    cache.feedback("right", right.lookup_id)
     cache.flush()
     assert query(database_url, "SELECT rejected_by FROM pgcache_lookups WHERE rejected_by IS NOT NULL") == [
         ("feedback: entry threshold",)]
@@ -53,8 +53,8 @@ def test_a_wrong_hit_tightens_only_that_phrasing(cache, database_url):
 
 
 def test_feedback_pairs_feed_calibration(cache):
-    cache.report_wrong_hit(cache.lookup(DISABLE).lookup_id)
-    cache.report_right_hit(cache.lookup(TURN_ON).lookup_id)
+    cache.feedback("wrong", cache.lookup(DISABLE).lookup_id)
+    cache.feedback("right", cache.lookup(TURN_ON).lookup_id)
     chosen = cache.calibrate([], target_precision=0.1, with_feedback=True, save=False)
     assert chosen.threshold == pytest.approx(0.97, abs=1e-4)
     assert (chosen.true_positives, chosen.false_positives) == (1, 0)
@@ -63,11 +63,11 @@ def test_feedback_pairs_feed_calibration(cache):
 def test_feedback_errors_are_clear(cache):
     exact = cache.lookup(ENABLE)
     with pytest.raises(InvalidRequestError, match="was an exact hit; feedback applies to semantic hits"):
-        cache.report_wrong_hit(exact.lookup_id)
+        cache.feedback("wrong", exact.lookup_id)
     with pytest.raises(InvalidRequestError, match="no lookup"):
-        cache.report_wrong_hit(uuid.uuid4())
+        cache.feedback("wrong", uuid.uuid4())
     with pytest.raises(InvalidRequestError, match="must be a UUID"):
-        cache.report_right_hit("not-a-uuid")
+        cache.feedback("right", "not-a-uuid")
 
 
 def test_feedback_cli(cache, database_url):

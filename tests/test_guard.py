@@ -70,7 +70,7 @@ def two_factor(fake):
 
 
 def test_guard_refuses_a_candidate_inside_the_band(database_url, llm, two_factor):
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.99,
+    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure_threshold=0.99,
                guard_rules=["opposites"]) as cache:
         cache.store("How do I enable two-factor authentication?", "Settings > Security > Enable.")
         assert cache.lookup("How do I disable two-factor authentication?") is None
@@ -82,11 +82,11 @@ def test_guard_refuses_a_candidate_inside_the_band(database_url, llm, two_factor
 
 
 def test_above_sure_and_with_the_guard_off_candidates_are_served(database_url, llm, two_factor):
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.95,
+    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure_threshold=0.95,
                guard_rules=["opposites"]) as sure:
         sure.store("How do I enable two-factor authentication?", "Settings > Security > Enable.")
         assert sure.lookup("How do I disable two-factor authentication?").status == "semantic", "0.96 >= sure"
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.99, guard=False) as off:
+    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure_threshold=0.99, guard=False) as off:
         assert off.lookup("How do I disable two-factor authentication?").status == "semantic"
 
 
@@ -97,7 +97,7 @@ def test_llm_judge_in_the_band(database_url, llm, two_factor, answer, status, re
     from pgcache.judge import LLMJudge
 
     two_factor.judge_answer = answer
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure=0.99,
+    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, sure_threshold=0.99,
                guard_rules=["opposites"], judge=LLMJudge(llm, model="gpt-4o-mini")) as cache:
         cache.store("How do I enable two-factor authentication?", "Settings > Security > Enable.")
         hit = cache.lookup("How can I turn on two-factor authentication?")
@@ -117,7 +117,7 @@ def test_default_rules_are_the_measured_ones(database_url, llm, fake):
 
     fake.topics.append("convert")
     with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm) as cache:
-        assert list(cache.guard_rules) == list(DEFAULT_RULES) == ["argument order"] and cache.sure == 1.0
+        assert list(cache.settings.guard_rules) == list(DEFAULT_RULES) == ["argument order"] and cache.settings.sure_threshold == 1.0
         cache.store("convert a string to an integer", "int(s)")
         assert cache.lookup("convert an integer to a string") is None
         assert cache.lookup("how to convert string to integer").status == "semantic"

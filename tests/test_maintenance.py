@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from pgcache import Cache, InvalidRequestError, PgcacheError
 from pgcache.cli import app
-from pgcache.maintenance import SWEEP_LOCK_ID, recommended_lists
+from pgcache.maintenance import recommended_lists
+from pgcache.queries import SWEEP_LOCK_ID
 
 from .conftest import query
 
@@ -217,7 +218,7 @@ def test_sweep_retrains_the_index_once_the_table_outgrows_it(database_url):
 
 
 def test_a_second_reindex_while_one_runs_does_nothing(cache, database_url):
-    from pgcache.maintenance import REINDEX_LOCK_ID
+    from pgcache.queries import REINDEX_LOCK_ID
 
     cache.store("What is a buffer overflow?", "An out-of-bounds write.")
     with psycopg.connect(database_url, autocommit=True) as holder:

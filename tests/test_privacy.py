@@ -31,8 +31,8 @@ def test_the_setting_and_its_variable():
     assert Settings().store_prompts is True
     assert Settings.from_env({"PGCACHE_STORE_PROMPTS": "0"}).store_prompts is False
     cache = Cache.from_env({"PGCACHE_STORE_PROMPTS": "false", "PGCACHE_DATABASE_URL": "postgres://u@h/d"})
-    assert cache.store_prompts is False
-    assert Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d"}).store_prompts is True
+    assert cache.settings.store_prompts is False
+    assert Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d"}).settings.store_prompts is True
     with pytest.raises(ConfigurationError, match="PGCACHE_STORE_PROMPTS"):
         Settings.from_env({"PGCACHE_STORE_PROMPTS": "sometimes"})
 
@@ -81,7 +81,7 @@ def test_unverifiable_candidates_are_served_only_when_sure(database_url, llm, fa
         stored.store(QUESTION, "answer")
     with private(database_url, llm) as guarded:
         assert guarded.lookup(PARAPHRASE) is None, "the guard is on and has nothing to compare with"
-    with private(database_url, llm, sure=0.95) as sure:
+    with private(database_url, llm, sure_threshold=0.95) as sure:
         hit = sure.lookup(PARAPHRASE)
         assert hit.status == "semantic" and hit.similarity >= 0.95
     with private(database_url, llm, guard=False, judge=LLMJudge(llm)) as judged:
@@ -118,7 +118,7 @@ def test_the_costs_invalidation_reports_and_feedback(database_url, llm, fake):
         report = cache.report()
         assert [e["prompt"] for e in report["top_entries"]] == [None]
         assert [(n["prompt"], n["candidate_prompt"]) for n in report["near_misses"]] == [(None, None)]
-        assert cache.report_wrong_hit(hit.lookup_id) > hit.similarity, "the entry's own threshold still rises"
+        assert cache.feedback("wrong", hit.lookup_id) > hit.similarity, "the entry's own threshold still rises"
         assert cache.lookup(PARAPHRASE) is None
         assert query(database_url, "SELECT prompt, entry_prompt FROM pgcache_feedback") == [(None, None)]
         with pytest.raises(InvalidRequestError, match="no labelled pairs"):

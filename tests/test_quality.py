@@ -1,4 +1,4 @@
-"""pgcache eval and calibrate on labelled pairs with known similarities."""
+"""pgcache evaluate and calibrate on labelled pairs with known similarities."""
 
 from __future__ import annotations
 
@@ -81,13 +81,13 @@ def write_pairs(tmp_path, rows, delimiter=","):
     return path
 
 
-def test_cli_eval_and_calibrate_with_the_fake_embeddings(database_url, fake, tmp_path):
+def test_cli_evaluate_and_calibrate_with_the_fake_embeddings(database_url, fake, tmp_path):
     rows = [("What is SQL injection", "Explain SQL injection", 1), ("SQL injection attacks", "SQL injection in PHP", 1),
             ("buffer overflow basics", "what is a buffer overflow", 1), ("weather today", "SQL injection", 0),
             ("buffer overflow", "sql injection defence", 0)]
     path = write_pairs(tmp_path, rows)
     env = {"PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": TEST_API_KEY}
-    result = runner.invoke(app, ["eval", str(path), "--format", "json"], env=env)
+    result = runner.invoke(app, ["evaluate", str(path), "--format", "json"], env=env)
     assert result.exit_code == 0, result.output
     figures = json.loads(result.stdout)
     assert (figures["pairs"], figures["positives"], figures["threshold"]) == (5, 3, 0.92)

@@ -76,7 +76,7 @@ def test_read_only_sessions_serve_every_lookup_while_everything_else_writes(data
         assert semantic.status == "semantic"
         cache.store("What is SQL injection?", "stored by hand")
         assert cache.lookup("What is SQL injection?").content == "stored by hand"
-        assert cache.report_wrong_hit(semantic.lookup_id) > semantic.similarity
+        assert cache.feedback("wrong", semantic.lookup_id) > semantic.similarity
         assert cache.query(PARAPHRASE).status == "miss", "the tightened entry, read through the read pool"
         assert cache.sweep().skipped is False
         cache.flush()

@@ -199,7 +199,7 @@ def test_every_feature_works_for_a_tenant_under_the_policies(caches, clean, fake
     assert a.query(QUESTION).status == "exact"
     semantic = a.query(PARAPHRASE)
     assert semantic.status == "semantic"
-    assert a.report_wrong_hit(semantic.lookup_id) > semantic.similarity
+    assert a.feedback("wrong", semantic.lookup_id) > semantic.similarity
     pairs = [Pair(f"buffer overflow question {i}", f"buffer overflow paraphrase {i}", 1) for i in range(30)]
     pairs += [Pair(f"unrelated question {i}", f"another matter {i}", 0) for i in range(30)]
     assert a.calibrate(pairs, target_precision=0.9) is not None

@@ -78,7 +78,7 @@ def test_the_api_key_is_nowhere(database_url, llm, fake, tmp_path, caplog):
             cache.query("This call fails upstream")
         seen += [str(failed.value), repr(failed.value)]
         fake.fail_chat = None
-        cache.report_right_hit(semantic.lookup_id)
+        cache.feedback("right", semantic.lookup_id)
         seen.append(repr(cache.report()))
         cache.flush()
 

@@ -79,7 +79,7 @@ def test_fail_open_settings():
             settings.bypass_nonzero_temperature) == (3.0, 0.5, 10.0, True)
     cache = Cache.from_env({"PGCACHE_SINGLE_FLIGHT_WAIT": "10", "PGCACHE_BYPASS_NONZERO_TEMPERATURE": "1",
                             "PGCACHE_DATABASE_URL": "postgres://u@h/d"})
-    assert (cache.single_flight_wait, cache.bypass_nonzero_temperature) == (10.0, True)
+    assert (cache.settings.single_flight_wait, cache.settings.bypass_nonzero_temperature) == (10.0, True)
     for name, value in (("PGCACHE_STATEMENT_TIMEOUT", "-1"), ("PGCACHE_BYPASS_NONZERO_TEMPERATURE", "maybe")):
         with pytest.raises(ConfigurationError, match=name):
             Settings.from_env({name: value})

@@ -1,0 +1,269 @@
+"""Every SQL statement pgcache runs, named, and the schema facts they rely on.
+
+The hot paths (lookups, leases, inserts, the ledger), maintenance (sweep,
+eviction, invalidation, the index) and reporting all read their SQL from here,
+so a schema change is made in one module. Statements that filter entries use
+:data:`LIVE`, so nothing expired is served whether or not a sweep has run. The
+plpgsql functions (``pgcache_nearest``, ``pgcache_sweep``, ...) live in the
+migrations that create them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+EMBEDDING_DIMENSIONS = 1536
+"""Width of ``pgcache_entries.embedding``; narrower embeddings are zero-padded to it."""
+
+EXACT_SEARCH_ROWS = 2_000
+"""Below this many vectors a search compares every vector (exact, and under ~5 ms: docs/benchmarks.md).
+
+It is both the scope size below which ``pgcache_nearest()`` searches a scope
+exactly (passed on every lookup) and the table size below which the ivfflat
+index keeps a single list (:func:`pgcache.maintenance.recommended_lists`).
+"""
+
+INDEX_NAME = "pgcache_entries_embedding_idx"
+SWEEP_LOCK_ID = 0x70676373776565  # "pgcswee"
+REINDEX_LOCK_ID = 0x70676372656978  # "pgcreix"
+MIGRATION_LOCK_ID = 0x70676361636865  # "pgcache": serialises migrations of a fresh database
+VERSION_TABLE = "pgcache_alembic_version"
+
+
+
+def live(alias: str = "") -> str:
+    """The condition every served entry meets: not expired (columns of table ``alias`` if given)."""
+    column = f"{alias}.expires_at" if alias else "expires_at"
+    return f"({column} IS NULL OR {column} > now())"
+
+
+LIVE = live()
+
+
+def insert_named(table: str, columns: Sequence[str]) -> str:
+    """``INSERT`` of one row whose values are bound by column name (``%(column)s``)."""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(f'%({column})s' for column in columns)})")
+
+
+# -- lookups --------------------------------------------------------------------------------------
+
+ROW_COLUMNS = ("id", "response", "prompt_tokens", "completion_tokens")
+"""What a hit needs of an entry (:class:`pgcache.lookup.Row`; the semantic tier adds similarity and more)."""
+
+FIND_EXACT = f"SELECT {', '.join(ROW_COLUMNS)} FROM pgcache_entries WHERE exact_key = %s AND {LIVE}"
+
+# pgcache_nearest() (migrations 0005, 0006) picks exact search or the ivfflat index and its probes.
+FIND_NEAREST = "SELECT * FROM pgcache_nearest(%(q)s, %(scope)s, %(embedder)s, %(k)s, %(exact_below)s)"
+
+LIVE_KEYS = f"SELECT exact_key FROM pgcache_entries WHERE exact_key = ANY(%s) AND {LIVE}"
+
+CALIBRATED_THRESHOLD = """
+SELECT threshold, source, calibrated_at FROM pgcache_thresholds WHERE namespace = %s AND embedder = %s
+"""
+
+# -- single-flight leases ----------------------------------------------------------------------------
+
+# Take the lease on a key, or take over one that lapsed; returns a row only to the new holder.
+ACQUIRE_LEASE = """
+INSERT INTO pgcache_inflight AS f (exact_key, expires_at)
+VALUES (%(key)s, now() + %(seconds)s * interval '1 second')
+ON CONFLICT (exact_key) DO UPDATE SET expires_at = EXCLUDED.expires_at WHERE f.expires_at <= now()
+RETURNING true
+"""
+
+# What a waiting process needs in one round trip: the answer if stored, and whether a lease is live.
+POLL_LEASE = f"""
+SELECT {', '.join('e.' + column for column in ROW_COLUMNS)},
+       EXISTS (SELECT 1 FROM pgcache_inflight WHERE exact_key = %(key)s AND expires_at > now())
+FROM (SELECT 1) AS one
+LEFT JOIN pgcache_entries AS e ON e.exact_key = %(key)s AND {live('e')}
+"""
+
+RELEASE_LEASE = "DELETE FROM pgcache_inflight WHERE exact_key = %s"
+
+# -- new entries ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column written when an entry is stored: the parameter feeding it, its staging type and value."""
+
+    name: str
+    staged_as: str
+    value: str = "{}"
+    """SQL computing the column from its parameter (``{}``)."""
+    param: str = ""
+
+    @property
+    def source(self) -> str:
+        return self.param or self.name
+
+
+ENTRY_COLUMNS = (
+    Column("namespace", "text"), Column("exact_key", "bytea"), Column("scope_key", "bytea"), Column("model", "text"),
+    Column("embedder", "text"), Column("prompt", "text"), Column("request", "text", "{}::jsonb"),
+    Column("response", "text", "{}::jsonb"), Column("embedding", "vector"), Column("tags", "text[]"),
+    Column("source", "text"), Column("expires_at", "float8", "now() + {} * interval '1 second'", param="ttl"),
+    Column("prompt_tokens", "int4"), Column("completion_tokens", "int4"), Column("total_tokens", "int4"),
+)
+"""The columns a new entry sets, in one order for the single-row insert, the staging table and COPY."""
+
+_KEY_COLUMNS = {"namespace", "exact_key", "scope_key", "model"}
+_NAMES = ", ".join(column.name for column in ENTRY_COLUMNS)
+
+# Same exact key: the newer answer replaces the stored one.
+_REFRESH = ("ON CONFLICT (exact_key) DO UPDATE SET "
+            + ", ".join(f"{c.name} = EXCLUDED.{c.name}" for c in ENTRY_COLUMNS if c.name not in _KEY_COLUMNS)
+            + ", created_at = now()")
+
+INSERT_ENTRY = (f"INSERT INTO pgcache_entries AS e ({_NAMES}) VALUES ("
+                + ", ".join(c.value.format(f"%({c.source})s") for c in ENTRY_COLUMNS)
+                + f") {_REFRESH} RETURNING id")
+
+# From this many entries a batch goes through binary COPY into a staging table, then one upsert.
+COPY_FROM = 20
+STAGING_TYPES = [column.staged_as for column in ENTRY_COLUMNS]
+# ON COMMIT DROP: nothing outlives the transaction, so pooled (and PgBouncer) connections stay clean.
+CREATE_STAGING = ("CREATE TEMP TABLE pgcache_staging ("
+                  + ", ".join(f"{c.source} {c.staged_as}" for c in ENTRY_COLUMNS) + ") ON COMMIT DROP")
+COPY_STAGING = ("COPY pgcache_staging (" + ", ".join(c.source for c in ENTRY_COLUMNS)
+                + ") FROM STDIN WITH (FORMAT BINARY)")
+UPSERT_STAGED = (f"INSERT INTO pgcache_entries AS e ({_NAMES}) SELECT "
+                 + ", ".join(c.value.format(c.source) for c in ENTRY_COLUMNS)
+                 + f" FROM pgcache_staging ORDER BY exact_key {_REFRESH} RETURNING exact_key, id")
+
+# -- the ledger ------------------------------------------------------------------------------------------
+
+# Ids are sorted so that concurrent writers lock rows in the same order.
+COUNT_HITS = """
+UPDATE pgcache_entries AS e
+SET hit_count = e.hit_count + h.n, last_hit_at = GREATEST(e.last_hit_at, h.at)
+FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::bigint[]) AS n, unnest(%s::timestamptz[]) AS at) AS h
+WHERE e.id = h.id
+"""
+
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+
+# -- thresholds and feedback -------------------------------------------------------------------------------
+
+SAVE_THRESHOLD = """
+INSERT INTO pgcache_thresholds AS t (namespace, embedder, threshold, target_precision, precision_lower, pairs, source)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (namespace, embedder) DO UPDATE SET
+    threshold = EXCLUDED.threshold, target_precision = EXCLUDED.target_precision,
+    precision_lower = EXCLUDED.precision_lower, pairs = EXCLUDED.pairs, source = EXCLUDED.source,
+    calibrated_at = now()
+"""
+
+FEEDBACK_LOOKUP = """
+SELECT l.outcome, l.entry_id, l.similarity, l.namespace, l.embedder, l.prompt, e.prompt
+FROM pgcache_lookups AS l LEFT JOIN pgcache_entries AS e ON e.id = l.entry_id
+WHERE l.id = %s
+"""
+
+SAVE_FEEDBACK = """
+INSERT INTO pgcache_feedback (lookup_id, verdict, namespace, embedder, entry_id, prompt, entry_prompt, similarity)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (lookup_id) DO UPDATE SET verdict = EXCLUDED.verdict, created_at = now()
+"""
+
+TIGHTEN_ENTRY = """
+UPDATE pgcache_entries SET min_similarity = greatest(coalesce(min_similarity, 0), %s)
+WHERE id = %s RETURNING min_similarity
+"""
+
+FEEDBACK_PAIRS = """
+SELECT prompt, entry_prompt, (verdict = 'right')::int FROM pgcache_feedback
+WHERE namespace = %s AND embedder = %s AND prompt IS NOT NULL AND entry_prompt IS NOT NULL
+"""
+
+# -- sweep and eviction ------------------------------------------------------------------------------------
+
+TRY_LOCK = "SELECT pg_try_advisory_lock(%s)"
+UNLOCK = "SELECT pg_advisory_unlock(%s)"
+COUNT_EXPIRED = "SELECT count(*) FROM pgcache_entries WHERE expires_at <= now()"
+COUNT_OLD_LOOKUPS = "SELECT count(*) FROM pgcache_lookups WHERE at < now() - %s::interval"
+COUNT_LIVE = f"SELECT count(*) FROM pgcache_entries WHERE {LIVE}"
+SWEEP_BATCH = "SELECT * FROM pgcache_sweep(%s, %s::interval)"
+
+EVICT = f"""
+WITH excess AS (
+    SELECT id FROM pgcache_entries WHERE {LIVE}
+    ORDER BY (source = 'warm'), coalesce(last_hit_at, created_at), id
+    LIMIT least(%(batch)s, greatest(0, ({COUNT_LIVE}) - %(max)s))
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM pgcache_entries AS e USING excess WHERE e.id = excess.id
+"""
+
+# -- invalidation -------------------------------------------------------------------------------------------
+
+FILTERS = {
+    "namespace": "namespace = %(namespace)s",
+    "prompt": "prompt = %(prompt)s",
+    "model": "model = %(model)s",
+    "source": "source = %(source)s",
+    "key": "exact_key = %(key)s",
+    "tags": "tags @> %(tags)s::text[]",
+    "older_than": "created_at < now() - %(older_than)s * interval '1 second'",
+    "similar_to": "embedder = %(embedder)s AND 1 - (embedding <=> %(similar_to)s) >= %(min_similarity)s",
+}
+"""The conditions an invalidation can combine (with AND), each bound by name."""
+
+COUNT_SELECTED = "SELECT count(*) FROM pgcache_entries WHERE {where}"
+SAMPLE_SELECTED = "SELECT id, model, source, prompt FROM pgcache_entries WHERE {where} ORDER BY id LIMIT %(limit)s"
+DELETE_SELECTED = "DELETE FROM pgcache_entries WHERE {where}"
+COUNT_NAMESPACE = "SELECT count(*) FROM pgcache_entries WHERE namespace = %s"
+
+# -- the vector index -------------------------------------------------------------------------------------
+
+COUNT_VECTORS = "SELECT count(*) FROM pgcache_entries WHERE embedding IS NOT NULL"
+INDEX_LISTS = "SELECT pgcache_index_lists()"
+SET_LISTS = "ALTER INDEX {index} SET (lists = {lists})"
+REINDEX = "REINDEX INDEX CONCURRENTLY {index}"
+
+# -- reporting (over the documented views) ---------------------------------------------------------------------
+
+REPORT_DAILY = """
+SELECT day, model, sum(lookups) AS lookups, sum(exact_hits) AS exact_hits,
+       sum(semantic_hits) AS semantic_hits, sum(misses) AS misses, sum(bypasses) AS bypasses,
+       sum(errors) AS errors, sum(prompt_tokens_saved) AS prompt_tokens_saved,
+       sum(completion_tokens_saved) AS completion_tokens_saved,
+       sum(avg_llm_ms * misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS llm_ms_total,
+       sum(misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS timed_misses
+FROM pgcache_daily_stats
+WHERE {where}
+GROUP BY day, model
+ORDER BY day, model
+"""
+
+REPORT_TOP = """
+SELECT entry_id, namespace, model, prompt, source, hit_count, last_hit_at, tokens_saved
+FROM pgcache_top_entries WHERE {where} LIMIT %(limit)s
+"""
+
+REPORT_NEAR = """
+SELECT lookup_id, at, namespace, model, similarity, threshold, gap, prompt, candidate_id, candidate_prompt
+FROM pgcache_near_misses WHERE {where} ORDER BY gap, at DESC LIMIT %(limit)s
+"""
+
+REPORT_FILTERS = {
+    "namespace": "(%(namespace)s::text IS NULL OR namespace = %(namespace)s)",
+    "model": "(%(model)s::text IS NULL OR model = %(model)s)",
+    "day": "(%(day)s::date IS NULL OR day >= %(day)s)",
+    "at": "(%(at)s::timestamptz IS NULL OR at >= %(at)s)",
+}
+
+# -- session settings of maintenance connections -------------------------------------------------------------
+
+SET_SESSION = "SELECT set_config(%s, %s, false)"
+RESET_SESSION = "RESET {name}"
+
+# -- schema version and the embedded server -----------------------------------------------------------------
+
+FIND_VERSION_TABLE = "SELECT to_regclass(%s)"
+SCHEMA_VERSION = f"SELECT version_num FROM {VERSION_TABLE}"
+FIND_DATABASE = "SELECT 1 FROM pg_database WHERE datname = %s"
+CREATE_DATABASE = "CREATE DATABASE {name}"
