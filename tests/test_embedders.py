@@ -72,3 +72,21 @@ def test_failing_embedder_stores_nothing(database_url, llm):
         with pytest.raises(EmbedderError):
             cache.store("question", "answer")
     assert query(database_url, "SELECT count(*) FROM pgcache_entries")[0][0] == 0
+
+
+class _Down:
+    name, dimensions = "test/down", 3
+
+    def embed(self, texts):
+        raise ConnectionError("model server down")
+
+
+def test_an_embedder_outage_is_logged_as_one_and_the_exact_tier_serves(database_url, llm, fake, caplog):
+    with caplog.at_level("WARNING", logger="pgcache"), Cache(database_url, embedder=_Down(), llm=llm) as cache:
+        assert cache.query("What is SQL injection?").status == "miss"
+        assert cache.lookup("What is SQL injection?").status == "exact"
+        assert cache.lookup("Explain SQL injection") is None
+    outage = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert outage == ["pgcache: embedder unavailable, lookups use the exact tier only: "
+                      "embedder test/down failed: ConnectionError: model server down"]
+    assert cache.breaker.failures == 0, "the database breaker is not the embedder's"
