@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test bench bench-quick soak redis-server demo clean
+.PHONY: install test lint bench bench-quick soak redis-server demo clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,12 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# ruff (lint everywhere, format on the package) and mypy on the package; CI runs it before the tests.
+lint: install
+	$(BIN)/ruff check pgcache tests benchmarks scripts migrations examples
+	$(BIN)/ruff format --check pgcache
+	$(BIN)/mypy
 
 # Benchmarks write docs/benchmarks.md: `make bench` (full, ~15 min), `make bench-quick` (< 2 min),
 # or any options: `make bench BENCH_ARGS="--quick --only exact,semantic"`.

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pgcache.lookup import find_nearest
 from pgcache.connections import Database
+from pgcache.lookup import find_nearest
 
 from .harness import Scope, Server, copy_entries, measure
 from .vectors import ClusteredVectors, exact_nearest

@@ -350,7 +350,7 @@ def main() -> int:
             for r, w in (results[(k, t, cfg)] for cfg in configs)] for t in rows]
         tables += f"\n### {k}\n\n" + table(["threshold", *configs], body) + "\n"
     ablation_rows = []
-    for r in RULE_NAMES + ["all rules", "kept rules"]:
+    for r in [*RULE_NAMES, "all rules", "kept rules"]:
         bc = ablation[r] if r in ablation else buys_costs(RULE_NAMES if r == "all rules" else kept)
         verdict = ("keep" if r in kept else "drop") if r in RULE_NAMES else ""
         cells = [f"{b:,} / {c:,}" for b, c in [*bc.values(), total(bc)]]

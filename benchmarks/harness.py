@@ -208,23 +208,22 @@ def copy_entries(
     separately (the warm scenario).
     """
     count = 0
-    with connect(url) as conn, conn.cursor() as cur:
-        with cur.copy(
-            "COPY pgcache_entries (namespace, exact_key, scope_key, model, embedder, prompt, request, response,"
-            " embedding, source, expires_at) FROM STDIN WITH (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector",
-                            "text", "timestamptz"])
-            past = datetime.now(UTC) - timedelta(hours=1)
-            for i, (key, namespace, answer, vector, model) in enumerate(rows):
-                response = {"id": f"chatcmpl-bench-{i}", "object": "chat.completion", "created": 1_700_000_000,
-                            "model": model,
-                            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                         "finish_reason": "stop"}]}
-                copy.write_row((namespace, key.exact_key, key.scope_key, model,
-                                embedder if vector is not None else None, key.prompt, Jsonb(key.request),
-                                Jsonb(response), vector, "warm", past if expired is not None and expired[i] else None))
-                count += 1
+    with connect(url) as conn, conn.cursor() as cur, cur.copy(
+        "COPY pgcache_entries (namespace, exact_key, scope_key, model, embedder, prompt, request, response,"
+        " embedding, source, expires_at) FROM STDIN WITH (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector",
+                        "text", "timestamptz"])
+        past = datetime.now(UTC) - timedelta(hours=1)
+        for i, (key, namespace, answer, vector, model) in enumerate(rows):
+            response = {"id": f"chatcmpl-bench-{i}", "object": "chat.completion", "created": 1_700_000_000,
+                        "model": model,
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                                     "finish_reason": "stop"}]}
+            copy.write_row((namespace, key.exact_key, key.scope_key, model,
+                            embedder if vector is not None else None, key.prompt, Jsonb(key.request),
+                            Jsonb(response), vector, "warm", past if expired is not None and expired[i] else None))
+            count += 1
     return count
 
 

@@ -43,9 +43,9 @@ def run(context: Context) -> Section:
         "small scopes, 5% expired. The index is trained as pgcache trains it (2 x sqrt(rows) lists), then "
         "`pgcache_nearest()` is timed through pgcache's own connection pool: `paraphrase` queries sit near one "
         "stored entry (hits), `novel` ones near no entry (misses), `small scope` queries go to one of the 50 small "
-        "scopes (n / 500 entries: exact search), `empty scope` to a scope with no entries. Recall@1 compares the returned entry with exact search over "
-        "the live entries of the scope. `whole lookup` is `Cache.lookup()` for a paraphrase: exact-tier miss, "
-        "semantic query, ledger record; the embedding is precomputed.")
+        "scopes (n / 500 entries: exact search), `empty scope` to a scope with no entries. Recall@1 compares the "
+        "returned entry with exact search over the live entries of the scope. `whole lookup` is `Cache.lookup()` "
+        "for a paraphrase: exact-tier miss, semantic query, ledger record; the embedding is precomputed.")
     for n in sizes.semantic_entries:
         started = time.perf_counter()
         table = load_table(context, n)

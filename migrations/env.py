@@ -10,8 +10,8 @@ from alembic import context
 from sqlalchemy import create_engine, pool, text
 
 from pgcache import db
-from pgcache.models import Base
 from pgcache.config import Settings
+from pgcache.models import Base
 
 config = context.config
 

@@ -8,7 +8,7 @@ embedder and thresholds, never its private state.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ import psycopg
 
 from . import maintenance, quality, queries
 from .backend import Backend
-from .config import UNSET
+from .config import UNSET, Settings, default_prices
 from .durations import parse_ttl
 from .embedders import embed_texts
 from .errors import InvalidRequestError
@@ -34,15 +34,16 @@ VERDICTS = ("wrong", "right")
 class Admin:
     """Sweep, invalidate, reindex, report, evaluate, calibrate and feedback for one cache."""
 
-    def __init__(self, backend: Backend, embedder: Any, thresholds: Thresholds, ledger: LedgerWriter, *,
-                 namespace: str, prices: Mapping[str, tuple[float, float]], max_entries: int | None) -> None:
+    def __init__(
+        self, backend: Backend, embedder: Any, thresholds: Thresholds, ledger: LedgerWriter, settings: Settings
+    ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.thresholds = thresholds
         self.ledger = ledger
-        self.namespace = namespace
-        self.prices = prices
-        self.max_entries = max_entries
+        self.namespace = settings.namespace
+        self.prices = default_prices(settings)
+        self.max_entries = settings.max_entries
 
     def sweep(self, *, max_entries: Any = UNSET, **options: Any) -> maintenance.SweepResult:
         """Delete expired entries, old ledger rows and entries over capacity (see :func:`pgcache.maintenance.sweep`).
@@ -53,7 +54,14 @@ class Admin:
         return maintenance.sweep(self.backend.database(), max_entries=limit, **options)
 
     def invalidate(self, *, yes: bool = False, **filters: Any) -> int:
-        """Delete the entries every given filter matches; see :meth:`pgcache.Cache.invalidate`."""
+        """Delete the entries every given filter matches; return how many.
+
+        Filters: ``prompt``, ``similar_to`` (text) with ``min_similarity``
+        (default: the threshold in force), ``tags``, ``model``, ``older_than``
+        (a duration), ``source``, ``key`` (hex exact key), ``all=True``, and
+        ``namespace`` (default: the cache's). Deleting every entry of a
+        namespace needs ``yes=True``.
+        """
         return maintenance.invalidate(self.backend.database(), self.filters(**filters), yes=yes)
 
     def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
@@ -67,21 +75,35 @@ class Admin:
     def index_status(self) -> maintenance.IndexStatus:
         return maintenance.index_status(self.backend.database())
 
-    def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,
-               limit: int = 10) -> dict[str, Any]:
-        """Hit rates, tokens, money and LLM time saved, top entries, near misses, threshold and index."""
+    def report(
+        self, *, since: Any = None, namespace: str | None = None, model: str | None = None, limit: int = 10
+    ) -> dict[str, Any]:
+        """Hit rates, tokens, money and LLM time saved, top entries, near misses, threshold and index.
+
+        ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
+        and ``None`` means all of them (unlike lookups, which use the cache's namespace).
+        """
         window = None
         if since is not None:
             seconds = parse_ttl(since, name="since")
             window = None if seconds is None else timedelta(seconds=seconds)
-        figures = build_report(self.backend.database(), self.prices, since=window, namespace=namespace,
-                               model=model, limit=limit)
+        figures = build_report(
+            self.backend.database(), self.prices, since=window, namespace=namespace, model=model, limit=limit
+        )
         value, source = self.thresholds.in_force(namespace or self.namespace)
-        figures["threshold"] = {"namespace": namespace or self.namespace, "embedder": self.embedder.name,
-                                "value": value, "source": source}
+        figures["threshold"] = {
+            "namespace": namespace or self.namespace,
+            "embedder": self.embedder.name,
+            "value": value,
+            "source": source,
+        }
         index = self.index_status()
-        figures["index"] = {"rows": index.rows, "lists": index.lists, "recommended_lists": index.recommended_lists,
-                            "needs_reindex": index.needs_reindex}
+        figures["index"] = {
+            "rows": index.rows,
+            "lists": index.lists,
+            "recommended_lists": index.recommended_lists,
+            "needs_reindex": index.needs_reindex,
+        }
         return figures
 
     def evaluate(self, pairs: list[quality.Pair]) -> dict[str, Any]:
@@ -90,16 +112,31 @@ class Admin:
         labels = np.array([p.label for p in pairs])
         threshold, source = self.thresholds.in_force(self.namespace)
         return {
-            "embedder": self.embedder.name, "pairs": len(pairs), "positives": int(labels.sum()),
-            "threshold": threshold, "threshold_source": source,
+            "embedder": self.embedder.name,
+            "pairs": len(pairs),
+            "positives": int(labels.sum()),
+            "threshold": threshold,
+            "threshold_source": source,
             "at_threshold": quality.stats_at(sims, labels, threshold).as_dict(),
             "grid": [stats.as_dict() for stats in quality.evaluate(sims, labels)],
         }
 
-    def calibrate(self, pairs: list[quality.Pair], *, target_precision: float = 0.98, source: str = "pairs",
-                  namespace: str | None = None, save: bool = True,
-                  with_feedback: bool = False) -> quality.ThresholdStats | None:
-        """Choose the lowest threshold meeting ``target_precision`` (95% lower bound) and store it."""
+    def calibrate(
+        self,
+        pairs: list[quality.Pair],
+        *,
+        target_precision: float = 0.98,
+        source: str = "pairs",
+        namespace: str | None = None,
+        save: bool = True,
+        with_feedback: bool = False,
+    ) -> quality.ThresholdStats | None:
+        """Choose the lowest threshold meeting ``target_precision`` (95% lower bound) and store it.
+
+        Stored per namespace and embedder, so every process uses it. ``with_feedback``
+        adds the pairs judged with :meth:`feedback`. Returns ``None`` (and stores
+        nothing) when no threshold reaches the target on these pairs.
+        """
         namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
         if with_feedback:
             judged = self.backend.write(feedback_pairs, namespace, self.embedder.name)
@@ -109,13 +146,26 @@ class Admin:
         sims = quality.similarities(self.embedder, pairs)
         chosen = quality.calibrate(sims, np.array([p.label for p in pairs]), target_precision)
         if chosen is not None and save:
-            self.backend.write(save_threshold, namespace, self.embedder.name, chosen.threshold, target_precision,
-                               chosen.precision_lower, len(pairs), source)
+            self.backend.write(
+                save_threshold,
+                namespace,
+                self.embedder.name,
+                chosen.threshold,
+                target_precision,
+                chosen.precision_lower,
+                len(pairs),
+                source,
+            )
             self.thresholds.forget(namespace)
         return chosen
 
     def feedback(self, verdict: str, lookup_id: Any) -> float | None:
-        """Keep a verdict on a semantic hit; "wrong" also raises the entry's own threshold (returned)."""
+        """Judge a semantic hit ``"wrong"`` or ``"right"``; both keep the pair for calibration.
+
+        "wrong" also raises that entry's own threshold just above the similarity
+        that served it, so the same phrasing misses it while closer paraphrases
+        still hit; the new threshold is returned.
+        """
         if verdict not in VERDICTS:
             raise InvalidRequestError(f"verdict must be wrong or right, got {verdict!r}")
         try:
@@ -127,18 +177,33 @@ class Admin:
         if outcome == "unknown":
             raise InvalidRequestError(f"no lookup {lookup_id} in the ledger")
         if outcome != "semantic":
-            raise InvalidRequestError(f"lookup {lookup_id} was {'a miss' if outcome == 'miss' else f'an {outcome} hit'}"
-                                      "; feedback applies to semantic hits")
+            raise InvalidRequestError(
+                f"lookup {lookup_id} was {'a miss' if outcome == 'miss' else f'an {outcome} hit'}"
+                "; feedback applies to semantic hits"
+            )
         return new_threshold
 
-    def filters(self, *, namespace: str | None = None, prompt: str | None = None, similar_to: str | None = None,
-                min_similarity: float | None = None, tags: Iterable[str] | None = None, model: str | None = None,
-                older_than: Any = None, source: str | None = None, key: str | None = None,
-                all: bool = False) -> maintenance.Filters:  # noqa: A002 - mirrors the CLI's --all
+    def filters(
+        self,
+        *,
+        namespace: str | None = None,
+        prompt: str | None = None,
+        similar_to: str | None = None,
+        min_similarity: float | None = None,
+        tags: Iterable[str] | None = None,
+        model: str | None = None,
+        older_than: Any = None,
+        source: str | None = None,
+        key: str | None = None,
+        all: bool = False,
+    ) -> maintenance.Filters:
         """Checked invalidation filters (``similar_to`` embedded once)."""
         filters = maintenance.Filters(
             namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
-            prompt=prompt, model=model, tags=check_tags(tags), everything=all,
+            prompt=prompt,
+            model=model,
+            tags=check_tags(tags),
+            everything=all,
         )
         if source is not None:
             filters.source = check_source(source)
@@ -154,8 +219,11 @@ class Admin:
             if len(filters.key) != 32:
                 raise InvalidRequestError(f"key must be 64 hexadecimal characters (a SHA-256), got {key!r}")
         if similar_to is not None:
-            filters.min_similarity = (self.thresholds.in_force(filters.namespace)[0] if min_similarity is None
-                                      else check_threshold(min_similarity))
+            filters.min_similarity = (
+                self.thresholds.in_force(filters.namespace)[0]
+                if min_similarity is None
+                else check_threshold(min_similarity)
+            )
             filters.embedder = self.embedder.name
             filters.similar_to = embed_texts(self.embedder, [similar_to])[0]
         elif min_similarity is not None:
@@ -163,10 +231,19 @@ class Admin:
         return filters
 
 
-def save_threshold(conn: psycopg.Connection, namespace: str, embedder: str, threshold: float,
-                   target_precision: float, precision_lower: float | None, pairs: int, source: str) -> None:
-    conn.execute(queries.SAVE_THRESHOLD,
-                 (namespace, embedder, threshold, target_precision, precision_lower, pairs, source))
+def save_threshold(
+    conn: psycopg.Connection,
+    namespace: str,
+    embedder: str,
+    threshold: float,
+    target_precision: float,
+    precision_lower: float | None,
+    pairs: int,
+    source: str,
+) -> None:
+    conn.execute(
+        queries.SAVE_THRESHOLD, (namespace, embedder, threshold, target_precision, precision_lower, pairs, source)
+    )
 
 
 def record_feedback(conn: psycopg.Connection, lookup_id: uuid.UUID, verdict: str) -> tuple[str, float | None]:
@@ -178,8 +255,9 @@ def record_feedback(conn: psycopg.Connection, lookup_id: uuid.UUID, verdict: str
         outcome, entry_id, similarity, namespace, embedder, prompt, entry_prompt = found
         if outcome != "semantic":
             return outcome, None
-        conn.execute(queries.SAVE_FEEDBACK,
-                     (lookup_id, verdict, namespace, embedder, entry_id, prompt, entry_prompt, similarity))
+        conn.execute(
+            queries.SAVE_FEEDBACK, (lookup_id, verdict, namespace, embedder, entry_id, prompt, entry_prompt, similarity)
+        )
         if verdict != "wrong":
             return outcome, None
         row = conn.execute(queries.TIGHTEN_ENTRY, (similarity + FEEDBACK_MARGIN, entry_id)).fetchone()

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 from . import db
 from .breaker import CircuitBreaker
+from .config import Settings
 from .connections import Database
 from .errors import DatabaseError
 
@@ -38,19 +38,21 @@ class Unavailable(Exception):
 class Backend:
     """Connection pools opened on first use, with read-replica fallback and fail-open breakers."""
 
-    def __init__(self, database_url: str | None, *, read_database_url: str | None = None,
-                 data_dir: Path | None = None, fail_open: bool = True, pool_size: int = 10,
-                 connect_timeout: float = 2.0, statement_timeout: float = 2.0) -> None:
-        self.database_url = db.normalize_url(database_url) if database_url else None
-        self.read_database_url = db.normalize_url(read_database_url) if read_database_url else None
-        self.data_dir = data_dir
-        self.fail_open = fail_open
-        self._pool_options: dict[str, Any] = {"max_size": pool_size, "connect_timeout": connect_timeout,
-                                              "statement_timeout": statement_timeout}
+    def __init__(self, settings: Settings) -> None:
+        self.database_url = db.normalize_url(settings.database_url) if settings.database_url else None
+        self.read_database_url = db.normalize_url(settings.read_database_url) if settings.read_database_url else None
+        self.data_dir = settings.data_dir
+        self.fail_open = settings.fail_open
+        self._pool_options: dict[str, Any] = {
+            "max_size": settings.pool_size,
+            "connect_timeout": settings.connect_timeout,
+            "statement_timeout": settings.statement_timeout,
+        }
         self.breaker = CircuitBreaker()
         """Trips while the database fails; ``breaker.failures`` and ``breaker.skipped`` count."""
-        self.read_breaker = CircuitBreaker(subject="read database", fallback="lookups read the primary",
-                                           recovery="lookups read it again")
+        self.read_breaker = CircuitBreaker(
+            subject="read database", fallback="lookups read the primary", recovery="lookups read it again"
+        )
         """Trips while the read database fails; lookups then go to the primary."""
         self._primary: Database | None = None
         self._replica: Database | None = None
@@ -75,8 +77,7 @@ class Backend:
             return None
         with self._lock:
             if self._replica is None:
-                self._replica = Database(self.read_database_url, application_name="pgcache-read",
-                                         **self._pool_options)
+                self._replica = Database(self.read_database_url, application_name="pgcache-read", **self._pool_options)
             return self._replica
 
     @property

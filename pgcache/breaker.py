@@ -20,9 +20,16 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 
 class CircuitBreaker:
-    def __init__(self, cooldown: float = 2.0, max_cooldown: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic, *, subject: str = "cache database",
-                 fallback: str = "calls go straight to the LLM", recovery: str = "caching resumed") -> None:
+    def __init__(
+        self,
+        cooldown: float = 2.0,
+        max_cooldown: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        subject: str = "cache database",
+        fallback: str = "calls go straight to the LLM",
+        recovery: str = "caching resumed",
+    ) -> None:
         self.subject, self.fallback, self.recovery = subject, fallback, recovery
         self.base_cooldown = cooldown
         self.max_cooldown = max_cooldown
@@ -52,16 +59,18 @@ class CircuitBreaker:
             return
         with self._lock:
             if self.state != CLOSED:
-                _log.warning("pgcache: %s available again; %s (%d calls skipped it)",
-                             self.subject, self.recovery, self.skipped)
+                _log.warning(
+                    "pgcache: %s available again; %s (%d calls skipped it)", self.subject, self.recovery, self.skipped
+                )
                 self.state, self.cooldown = CLOSED, self.base_cooldown
 
     def failure(self, error: BaseException) -> None:
         with self._lock:
             self.failures += 1
             if self.state == CLOSED:
-                _log.warning("pgcache: %s unavailable, %s: %s", self.subject, self.fallback,
-                             " ".join(str(error).split()))
+                _log.warning(
+                    "pgcache: %s unavailable, %s: %s", self.subject, self.fallback, " ".join(str(error).split())
+                )
             elif self.state == HALF_OPEN:
                 self.cooldown = min(self.cooldown * 2, self.max_cooldown)
             self.state, self._opened_at = OPEN, self._clock()

@@ -12,14 +12,13 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
-from . import maintenance, quality
 from .admin import Admin
 from .backend import Backend, Unavailable
-from .config import UNSET, Settings, default_prices
+from .config import UNSET, Settings
 from .connections import Database
 from .durations import parse_ttl
 from .entries import Entries
@@ -33,6 +32,23 @@ from .result import CacheResult
 from .validation import check_embedder, check_source, check_tags, check_threshold
 from .verify import build_verifier
 from .warm import WarmResult, warm_file
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Forward(Generic[P, R]):
+    """A facade method that is a method of one of the cache's parts: same signature, same docstring."""
+
+    def __init__(self, part: str, method: Callable[Concatenate[Any, P], R]) -> None:
+        self.part, self.name, self.__doc__ = part, method.__name__, method.__doc__
+
+    @overload
+    def __get__(self, cache: None, owner: type) -> _Forward[P, R]: ...
+    @overload
+    def __get__(self, cache: object, owner: type) -> Callable[P, R]: ...
+    def __get__(self, cache: object, owner: type) -> Any:
+        return self if cache is None else getattr(getattr(cache, self.part), self.name)
 
 
 class Cache:
@@ -56,10 +72,27 @@ class Cache:
         judge: an LLM judge object (default: the ``judge_model`` setting's).
     """
 
-    def __init__(self, database_url: Any = UNSET, embedder: Any = None, llm: Any = None, model: Any = UNSET,
-                 namespace: Any = UNSET, ttl: Any = UNSET, threshold: Any = UNSET, *, judge: Any = None,
-                 environ: Mapping[str, str] | None = None, **settings: Any) -> None:
-        given = dict(database_url=database_url, model=model, namespace=namespace, ttl=ttl, threshold=threshold)
+    def __init__(
+        self,
+        database_url: Any = UNSET,
+        embedder: Any = None,
+        llm: Any = None,
+        model: Any = UNSET,
+        namespace: Any = UNSET,
+        ttl: Any = UNSET,
+        threshold: Any = UNSET,
+        *,
+        judge: Any = None,
+        environ: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> None:
+        given = {
+            "database_url": database_url,
+            "model": model,
+            "namespace": namespace,
+            "ttl": ttl,
+            "threshold": threshold,
+        }
         if isinstance(embedder, str):
             given["embedder"], embedder = embedder, None
         self.settings = s = Settings.resolve({**given, **settings}, environ)
@@ -68,24 +101,17 @@ class Cache:
         self._llm = llm
         self.embedder = embedder if embedder is not None else s.make_embedder(client=llm)
         self.judge = judge if judge is not None else s.make_judge(client=llm)
-        self.prices = default_prices(s)
-        self.backend = Backend(s.database_url, read_database_url=s.read_database_url, data_dir=s.data_dir,
-                               fail_open=s.fail_open, pool_size=s.pool_size, connect_timeout=s.connect_timeout,
-                               statement_timeout=s.statement_timeout)
+        self.backend = Backend(s)
         self.breaker, self.read_breaker = self.backend.breaker, self.backend.read_breaker
         # Bound to the backend, not to the cache, so that the finalizer below can collect the cache.
         self.ledger = LedgerWriter(functools.partial(self.backend.attempt, self.backend.database))
         self.thresholds = Thresholds(self.backend, self.embedder, s.threshold)
         self.keys = RequestKeys(s.model, s.namespace)
-        verifier = build_verifier(guard=s.guard, guard_rules=s.guard_rules, sure_threshold=s.sure_threshold,
-                                  judge=self.judge)
+        verifier = build_verifier(s, self.judge)
         self.finder = Finder(self.backend, self.embedder, self.thresholds, verifier, store_prompts=s.store_prompts)
         self.entries = Entries(self.backend, self.embedder, self.keys, store_prompts=s.store_prompts)
-        self.flights = SingleFlight(self.backend, self.finder, self.entries, self.ledger, self.keys, ttl=s.ttl,
-                                    single_flight=s.single_flight, single_flight_wait=s.single_flight_wait,
-                                    bypass_nonzero_temperature=s.bypass_nonzero_temperature)
-        self.admin = Admin(self.backend, self.embedder, self.thresholds, self.ledger, namespace=s.namespace,
-                           prices=self.prices, max_entries=s.max_entries)
+        self.flights = SingleFlight(self.backend, self.finder, self.entries, self.ledger, self.keys, s)
+        self.admin = Admin(self.backend, self.embedder, self.thresholds, self.ledger, s)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         # Queued ledger rows are written even when the cache is never closed.
@@ -100,7 +126,9 @@ class Cache:
     namespace = property(lambda self: self.settings.namespace, doc="The default namespace.")
     ttl = property(lambda self: self.settings.ttl, doc="Default lifetime of new entries in seconds (None: never).")
     database_url = property(lambda self: self.backend.database_url, doc="The configured database URL, normalised.")
-    read_database_url = property(lambda self: self.backend.read_database_url, doc="Where lookups read, if not the primary.")
+    read_database_url = property(
+        lambda self: self.backend.read_database_url, doc="Where lookups read, if not the primary."
+    )
 
     @property
     def llm(self) -> Any:
@@ -117,8 +145,9 @@ class Cache:
         """Threads on which async callers (``pgcache.wrap(AsyncOpenAI())``) run the cache's blocking work."""
         with self._lock:
             if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=self.settings.pool_size + 2,
-                                                    thread_name_prefix="pgcache")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.settings.pool_size + 2, thread_name_prefix="pgcache"
+                )
             return self._executor
 
     @property
@@ -141,8 +170,15 @@ class Cache:
 
     # -- lookups and answers ----------------------------------------------------------------
 
-    def lookup(self, prompt_or_messages: str | Sequence[Any], model: str | None = None, *,
-               namespace: str | None = None, threshold: float | None = None, **params: Any) -> CacheResult | None:
+    def lookup(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        model: str | None = None,
+        *,
+        namespace: str | None = None,
+        threshold: float | None = None,
+        **params: Any,
+    ) -> CacheResult | None:
         """The cached answer for a request, or ``None``; never calls the LLM.
 
         With ``fail_open`` a failing database counts as a miss (``None``).
@@ -157,9 +193,19 @@ class Cache:
         self.ledger.record(record)
         return hit
 
-    def chat(self, messages: str | Sequence[Any], model: str | None = None, *, ttl: Any = UNSET,
-             tags: Iterable[str] | None = None, namespace: str | None = None, threshold: float | None = None,
-             bypass: bool = False, no_store: bool = False, **params: Any) -> CacheResult:
+    def chat(
+        self,
+        messages: str | Sequence[Any],
+        model: str | None = None,
+        *,
+        ttl: Any = UNSET,
+        tags: Iterable[str] | None = None,
+        namespace: str | None = None,
+        threshold: float | None = None,
+        bypass: bool = False,
+        no_store: bool = False,
+        **params: Any,
+    ) -> CacheResult:
         """Answer a chat request: exact hit, else semantic hit, else call the LLM and store its answer.
 
         ``params`` are passed to ``chat.completions.create`` unchanged; those
@@ -169,8 +215,9 @@ class Cache:
         """
         if params.get("stream"):
             raise InvalidRequestError("chat() does not stream; use pgcache.wrap(client) for streaming")
-        options = CallOptions.build(ttl=ttl, tags=tags, namespace=namespace, threshold=threshold,
-                                    bypass=bypass, no_store=no_store)
+        options = CallOptions.build(
+            ttl=ttl, tags=tags, namespace=namespace, threshold=threshold, bypass=bypass, no_store=no_store
+        )
         found = self.flights.begin(messages, model, params, options)
         if not isinstance(found, CacheResult) and found.contending:
             found = self.flights.wait(found)
@@ -190,29 +237,49 @@ class Cache:
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt).__name__}")
         return self.chat([{"role": "user", "content": prompt}], model, **kwargs)
 
-    def store(self, prompt_or_messages: str | Sequence[Any], response: Any, model: str | None = None,
-              ttl: Any = UNSET, tags: Iterable[str] | None = None, *, namespace: str | None = None,
-              source: str = "manual", **params: Any) -> int:
+    def store(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        response: Any,
+        model: str | None = None,
+        ttl: Any = UNSET,
+        tags: Iterable[str] | None = None,
+        *,
+        namespace: str | None = None,
+        source: str = "manual",
+        **params: Any,
+    ) -> int:
         """Store an answer (text, dict or ``ChatCompletion``) for a request; return the entry id.
 
         ``params`` are the request's generation parameters, so that a later
         ``chat(..., **params)`` with the same values finds it. An existing entry
         with the same exact key is replaced.
         """
-        return self.store_many([(prompt_or_messages, response)], model, ttl, tags,
-                               namespace=namespace, source=source, **params)[0]
+        return self.store_many(
+            [(prompt_or_messages, response)], model, ttl, tags, namespace=namespace, source=source, **params
+        )[0]
 
-    def store_many(self, items: Iterable[tuple[str | Sequence[Any], Any]], model: str | None = None,
-                   ttl: Any = UNSET, tags: Iterable[str] | None = None, *, namespace: str | None = None,
-                   source: str = "warm", **params: Any) -> list[int]:
+    def store_many(
+        self,
+        items: Iterable[tuple[str | Sequence[Any], Any]],
+        model: str | None = None,
+        ttl: Any = UNSET,
+        tags: Iterable[str] | None = None,
+        *,
+        namespace: str | None = None,
+        source: str = "warm",
+        **params: Any,
+    ) -> list[int]:
         """Store many ``(prompt_or_messages, response)`` pairs with one embedding batch."""
         check_source(source)
         lifetime = self.ttl if ttl is UNSET else parse_ttl(ttl)
-        return self.entries.store_many(items, model, lifetime, check_tags(tags), namespace=namespace,
-                                       source=source, params=params)
+        return self.entries.store_many(
+            items, model, lifetime, check_tags(tags), namespace=namespace, source=source, params=params
+        )
 
-    def contains_many(self, requests: Iterable[tuple[str | Sequence[Any], str | None]], model: str | None = None,
-                      **params: Any) -> list[bool]:
+    def contains_many(
+        self, requests: Iterable[tuple[str | Sequence[Any], str | None]], model: str | None = None, **params: Any
+    ) -> list[bool]:
         """For ``(prompt_or_messages, namespace)`` pairs: whether each has a live entry (exact key)."""
         return self.entries.contains_many(requests, model, params)
 
@@ -220,65 +287,17 @@ class Cache:
         """Fill the cache from an FAQ file, as ``pgcache warm`` does (see :func:`pgcache.warm.warm_file`)."""
         return warm_file(self, file, **options)
 
-    # -- maintenance, reporting, calibration (see pgcache.admin) ------------------------------
+    # -- maintenance, reporting, calibration: the methods of pgcache.admin.Admin ---------------
 
-    def sweep(self, **options: Any) -> maintenance.SweepResult:
-        """Delete expired entries and old ledger rows in batches (see :func:`pgcache.maintenance.sweep`)."""
-        return self.admin.sweep(**options)
-
-    def invalidate(self, *, yes: bool = False, **filters: Any) -> int:
-        """Delete the entries every given filter matches; return how many.
-
-        Filters: ``prompt``, ``similar_to`` (text) with ``min_similarity``
-        (default: the threshold in force), ``tags``, ``model``, ``older_than``
-        (a duration), ``source``, ``key`` (hex exact key), ``all=True``, and
-        ``namespace`` (default: the cache's). Deleting every entry of a
-        namespace needs ``yes=True``.
-        """
-        return self.admin.invalidate(yes=yes, **filters)
-
-    def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
-        """What ``invalidate`` with the same filters would delete: the count and a sample."""
-        return self.admin.preview_invalidation(limit, **filters)
-
-    def reindex(self, **options: Any) -> maintenance.ReindexResult:
-        """Retrain the ivfflat index for the current row count (see :func:`pgcache.maintenance.reindex`)."""
-        return self.admin.reindex(**options)
-
-    def index_status(self) -> maintenance.IndexStatus:
-        """Rows with vectors, the index's lists, and whether it needs retraining."""
-        return self.admin.index_status()
-
-    def report(self, *, since: Any = None, namespace: str | None = None, model: str | None = None,
-               limit: int = 10) -> dict[str, Any]:
-        """Hit rates, tokens, money and LLM time saved, top entries and near misses.
-
-        ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
-        and ``None`` means all of them (unlike lookups, which use the cache's namespace).
-        """
-        return self.admin.report(since=since, namespace=namespace, model=model, limit=limit)
-
-    def evaluate(self, pairs: list[quality.Pair]) -> dict[str, Any]:
-        """Precision, recall and F1 of the semantic decision on labelled pairs, across thresholds."""
-        return self.admin.evaluate(pairs)
-
-    def calibrate(self, pairs: list[quality.Pair], **options: Any) -> quality.ThresholdStats | None:
-        """Choose the lowest threshold whose precision meets the target (95% lower bound) and store it.
-
-        Options: ``target_precision`` (0.98), ``source``, ``namespace``,
-        ``save``, ``with_feedback`` (add the pairs judged with :meth:`feedback`).
-        Returns ``None`` (and stores nothing) when no threshold reaches the target.
-        """
-        return self.admin.calibrate(pairs, **options)
-
-    def feedback(self, verdict: str, lookup_id: Any) -> float | None:
-        """Judge a semantic hit ``"wrong"`` or ``"right"``; both keep the pair for calibration.
-
-        "wrong" also raises that entry's own threshold just above the similarity
-        that served it, so the same phrasing misses it while closer paraphrases
-        still hit; the new threshold is returned.
-        """
-        return self.admin.feedback(verdict, lookup_id)
+    sweep = _Forward("admin", Admin.sweep)
+    invalidate = _Forward("admin", Admin.invalidate)
+    preview_invalidation = _Forward("admin", Admin.preview_invalidation)
+    reindex = _Forward("admin", Admin.reindex)
+    index_status = _Forward("admin", Admin.index_status)
+    report = _Forward("admin", Admin.report)
+    evaluate = _Forward("admin", Admin.evaluate)
+    calibrate = _Forward("admin", Admin.calibrate)
+    feedback = _Forward("admin", Admin.feedback)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -295,10 +314,10 @@ class Cache:
         self.ledger.close()
         self.backend.close()
 
-    def __enter__(self) -> Cache:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -30,12 +30,16 @@ app.add_typer(db_app, name="db")
 DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", help=config.doc("database_url"))]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help=config.doc("data_dir"))]
 Namespace = Annotated[Optional[str], typer.Option("--namespace", "-n", help=config.doc("namespace"))]
-Retrain = Annotated[bool, typer.Option(
-    "--retrain/--no-retrain",
-    help="Retrain the ivfflat index when the table has doubled or halved since it was trained.")]
+Retrain = Annotated[
+    bool,
+    typer.Option(
+        "--retrain/--no-retrain",
+        help="Retrain the ivfflat index when the table has doubled or halved since it was trained.",
+    ),
+]
 
 
-def _given(**options: object) -> dict[str, object]:
+def _given(**options: Any) -> dict[str, Any]:
     """The options given on the command line; the others come from PGCACHE_* variables or defaults."""
     return {name: value for name, value in options.items() if value is not None}
 
@@ -54,8 +58,11 @@ def _url(database_url: str | None, data_dir: Path | None) -> str:
 
 
 @db_app.command("upgrade")
-def db_upgrade(database_url: DatabaseUrl = None, data_dir: DataDir = None,
-               revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+def db_upgrade(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
     """Create or migrate the pgcache schema.
 
     Example: pgcache db upgrade --database-url postgresql://app@db.internal/app
@@ -66,9 +73,12 @@ def db_upgrade(database_url: DatabaseUrl = None, data_dir: DataDir = None,
 
 
 @db_app.command("downgrade")
-def db_downgrade(revision: Annotated[str, typer.Argument(help="Target revision; 'base' drops every pgcache table.")],
-                 database_url: DatabaseUrl = None, data_dir: DataDir = None,
-                 yes: Annotated[bool, typer.Option("--yes", help="Confirm dropping data.")] = False) -> None:
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision; 'base' drops every pgcache table.")],
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm dropping data.")] = False,
+) -> None:
     """Migrate the schema down (deletes what newer revisions added).
 
     Example: pgcache db downgrade base --yes
@@ -93,8 +103,11 @@ def db_current(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> No
 
 
 @db_app.command("url")
-def db_url(database_url: DatabaseUrl = None, data_dir: DataDir = None,
-           show_password: Annotated[bool, typer.Option("--show-password", help="Print the password too.")] = False) -> None:
+def db_url(
+    database_url: DatabaseUrl = None,
+    data_dir: DataDir = None,
+    show_password: Annotated[bool, typer.Option("--show-password", help="Print the password too.")] = False,
+) -> None:
     """Print the database URL (starting the embedded server if needed), for psql and other tools.
 
     Example: psql "$(pgcache db url)" -c 'SELECT count(*) FROM pgcache_entries'
@@ -119,7 +132,9 @@ def warm(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
     namespace: Namespace = None,
-    file_format: Annotated[Optional[str], typer.Option("--format", help="text, tsv, csv or jsonl (default: detected).")] = None,
+    file_format: Annotated[
+        Optional[str], typer.Option("--format", help="text, tsv, csv or jsonl (default: detected).")
+    ] = None,
     model: Annotated[Optional[str], typer.Option(help=config.doc("model"))] = None,
     ttl: Annotated[Optional[str], typer.Option(help=config.doc("ttl"))] = None,
     tag: Annotated[Optional[list[str]], typer.Option(help="Tag for every entry (repeatable).")] = None,
@@ -127,7 +142,9 @@ def warm(
     concurrency: Annotated[int, typer.Option(help="Parallel LLM calls for question-only files.")] = 4,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Parse and count; write nothing.")] = False,
     replace: Annotated[bool, typer.Option("--replace", help="Refresh entries that already exist.")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first bad line, before writing anything.")] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Stop at the first bad line, before writing anything.")
+    ] = False,
     retrain: Retrain = True,
 ) -> None:
     """Fill the cache from an FAQ file; running it again adds nothing.
@@ -137,9 +154,19 @@ def warm(
     if ttl is not None:
         parse_ttl(ttl, name="--ttl")
     with _cache(database_url, data_dir, namespace) as cache:
-        result = _run_warm(cache, file, file_format=file_format, model=model, ttl=ttl, tags=tuple(tag or ()),
-                           batch_size=batch_size, concurrency=concurrency, replace=replace, dry_run=dry_run,
-                           strict=strict)
+        result = _run_warm(
+            cache,
+            file,
+            file_format=file_format,
+            model=model,
+            ttl=ttl,
+            tags=tuple(tag or ()),
+            batch_size=batch_size,
+            concurrency=concurrency,
+            replace=replace,
+            dry_run=dry_run,
+            strict=strict,
+        )
         for error in result.errors:
             typer.echo(error, err=True)
         verb = "would add" if dry_run else "added"
@@ -156,8 +183,10 @@ def _keep_index_trained(cache: Cache, retrain: bool) -> None:
     if not status.needs_reindex:
         return
     if not retrain:
-        typer.echo(f"the index was trained for {status.lists} lists; {status.rows} rows want "
-                   f"{status.recommended_lists}: run `pgcache reindex`")
+        typer.echo(
+            f"the index was trained for {status.lists} lists; {status.rows} rows want "
+            f"{status.recommended_lists}: run `pgcache reindex`"
+        )
         return
     typer.echo(f"retraining the index for {status.rows} rows: {status.lists} -> {status.recommended_lists} lists")
     result = cache.reindex()
@@ -202,15 +231,22 @@ def sweep(
     if retention is None:
         raise PgcacheError("--ledger-retention must be a duration such as 90d")
     with _cache(database_url, data_dir) as cache:
-        result = cache.sweep(batch_size=batch_size, max_seconds=max_seconds, ledger_retention_days=retention / 86400,
-                             dry_run=dry_run, **_given(max_entries=max_entries))
+        result = cache.sweep(
+            batch_size=batch_size,
+            max_seconds=max_seconds,
+            ledger_retention_days=retention / 86400,
+            dry_run=dry_run,
+            **_given(max_entries=max_entries),
+        )
         if result.skipped:
             typer.echo("another sweep is running; nothing done")
             return
         verb = "would delete" if dry_run else "deleted"
-        typer.echo(f"{verb} {result.expired} expired entries, {result.evicted} entries over capacity, "
-                   f"{result.lookups} old ledger rows in {result.seconds:.2f}s"
-                   + ("" if result.complete else " (time limit reached; run again to finish)"))
+        typer.echo(
+            f"{verb} {result.expired} expired entries, {result.evicted} entries over capacity, "
+            f"{result.lookups} old ledger rows in {result.seconds:.2f}s"
+            + ("" if result.complete else " (time limit reached; run again to finish)")
+        )
         if not dry_run:
             _keep_index_trained(cache, retrain)
 
@@ -222,9 +258,12 @@ def invalidate(
     namespace: Namespace = None,
     prompt: Annotated[Optional[str], typer.Option(help="Entries whose final user message is exactly this.")] = None,
     similar_to: Annotated[Optional[str], typer.Option(help="Entries that would hit for this text.")] = None,
-    min_similarity: Annotated[Optional[float], typer.Option(
-        help="Cosine similarity for --similar-to (default: the semantic threshold).")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(help="Entries carrying this tag (repeatable: all of them).")] = None,
+    min_similarity: Annotated[
+        Optional[float], typer.Option(help="Cosine similarity for --similar-to (default: the semantic threshold).")
+    ] = None,
+    tag: Annotated[
+        Optional[list[str]], typer.Option(help="Entries carrying this tag (repeatable: all of them).")
+    ] = None,
     model: Annotated[Optional[str], typer.Option(help="Entries of this chat model.")] = None,
     older_than: Annotated[Optional[str], typer.Option(help="Entries stored longer ago than this (e.g. 7d).")] = None,
     source: Annotated[Optional[str], typer.Option(help="warm, llm or manual.")] = None,
@@ -237,8 +276,18 @@ def invalidate(
 
     Example: pgcache invalidate --tag pricing --older-than 7d --dry-run
     """
-    filters = dict(namespace=namespace, prompt=prompt, similar_to=similar_to, min_similarity=min_similarity,
-                   tags=tag, model=model, older_than=older_than, source=source, key=key, all=all_entries)
+    filters: dict[str, Any] = {
+        "namespace": namespace,
+        "prompt": prompt,
+        "similar_to": similar_to,
+        "min_similarity": min_similarity,
+        "tags": tag,
+        "model": model,
+        "older_than": older_than,
+        "source": source,
+        "key": key,
+        "all": all_entries,
+    }
     with _cache(database_url, data_dir, namespace) as cache:
         if dry_run:
             count, sample = cache.preview_invalidation(**filters)
@@ -254,7 +303,9 @@ def invalidate(
 def reindex(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
-    lists: Annotated[Optional[int], typer.Option(help="ivfflat lists (default: 1 below 2,000 rows, else 2*sqrt(rows)).")] = None,
+    lists: Annotated[
+        Optional[int], typer.Option(help="ivfflat lists (default: 1 below 2,000 rows, else 2*sqrt(rows)).")
+    ] = None,
     maintenance_work_mem: Annotated[str, typer.Option(help="Memory for the index build.")] = "512MB",
 ) -> None:
     """Retrain the ivfflat index for the current number of entries, concurrently.
@@ -266,17 +317,23 @@ def reindex(
     if result.skipped:
         typer.echo("another reindex is running; nothing done")
         return
-    typer.echo(f"before: {result.before.rows} rows, {result.before.lists} lists\n"
-               f"after:  {result.after.rows} rows, {result.after.lists} lists ({result.seconds:.2f}s)")
+    typer.echo(
+        f"before: {result.before.rows} rows, {result.before.lists} lists\n"
+        f"after:  {result.after.rows} rows, {result.after.lists} lists ({result.seconds:.2f}s)"
+    )
 
 
 @app.command()
 def report(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
-    namespace: Annotated[Optional[str], typer.Option("--namespace", "-n", help="Only this namespace (default: all).")] = None,
+    namespace: Annotated[
+        Optional[str], typer.Option("--namespace", "-n", help="Only this namespace (default: all).")
+    ] = None,
     model: Annotated[Optional[str], typer.Option(help="Only this chat model (default: all).")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Only lookups this recent, e.g. 24h or 30d (whole UTC days).")] = None,
+    since: Annotated[
+        Optional[str], typer.Option(help="Only lookups this recent, e.g. 24h or 30d (whole UTC days).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="Rows of top entries and near misses.")] = 10,
     output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
 ) -> None:
@@ -330,12 +387,20 @@ def evaluate(
     for column in ("threshold", "precision", "95% lower", "recall", "F1", "wrong hits"):
         table.add_column(column, justify="right")
     for row in figures["grid"]:
-        table.add_row(f"{row['threshold']:.2f}", _ratio(row["precision"]), _ratio(row["precision_lower"]),
-                      _ratio(row["recall"]), _ratio(row["f1"]), f"{row['wrong_hit_rate']:.1%}")
+        table.add_row(
+            f"{row['threshold']:.2f}",
+            _ratio(row["precision"]),
+            _ratio(row["precision_lower"]),
+            _ratio(row["recall"]),
+            _ratio(row["f1"]),
+            f"{row['wrong_hit_rate']:.1%}",
+        )
     console.print(table)
     at = figures["at_threshold"]
-    console.print(f"in force: {figures['threshold']:.4f} ({figures['threshold_source']}): precision "
-                  f"{_ratio(at['precision'])}, recall {_ratio(at['recall'])}, wrong hits {at['wrong_hit_rate']:.1%}")
+    console.print(
+        f"in force: {figures['threshold']:.4f} ({figures['threshold_source']}): precision "
+        f"{_ratio(at['precision'])}, recall {_ratio(at['recall'])}, wrong hits {at['wrong_hit_rate']:.1%}"
+    )
 
 
 @app.command()
@@ -346,8 +411,9 @@ def calibrate(
     namespace: Namespace = None,
     target_precision: Annotated[float, typer.Option(help="Precision to reach at the 95% lower bound.")] = 0.98,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the threshold; store nothing.")] = False,
-    with_feedback: Annotated[bool, typer.Option("--with-feedback",
-                                                help="Add the pairs judged with `pgcache feedback`.")] = False,
+    with_feedback: Annotated[
+        bool, typer.Option("--with-feedback", help="Add the pairs judged with `pgcache feedback`.")
+    ] = False,
 ) -> None:
     """Choose and store the lowest threshold whose precision (95% lower bound) meets the target.
 
@@ -357,15 +423,24 @@ def calibrate(
     """
     labelled = quality.read_pairs(pairs)
     with _cache(database_url, data_dir, namespace) as cache:
-        chosen = cache.calibrate(labelled, target_precision=target_precision, source=pairs.name, save=not dry_run,
-                                 with_feedback=with_feedback)
+        chosen = cache.calibrate(
+            labelled,
+            target_precision=target_precision,
+            source=pairs.name,
+            save=not dry_run,
+            with_feedback=with_feedback,
+        )
         embedder = cache.embedder.name
     if chosen is None:
-        raise PgcacheError(f"no threshold reaches precision {target_precision} (95% lower bound) on these "
-                           f"{len(labelled)} pairs; nothing stored")
+        raise PgcacheError(
+            f"no threshold reaches precision {target_precision} (95% lower bound) on these "
+            f"{len(labelled)} pairs; nothing stored"
+        )
     verb = "would store" if dry_run else "stored"
-    typer.echo(f"{verb} threshold {chosen.threshold:.4f} for {embedder}: precision {chosen.precision:.3f} "
-               f"(95% lower bound {chosen.precision_lower:.3f}), recall {_ratio(chosen.recall)} on {len(labelled)} pairs")
+    typer.echo(
+        f"{verb} threshold {chosen.threshold:.4f} for {embedder}: precision {chosen.precision:.3f} "
+        f"(95% lower bound {chosen.precision_lower:.3f}), recall {_ratio(chosen.recall)} on {len(labelled)} pairs"
+    )
 
 
 @app.command()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, Self
 
 from .cache import Cache
 from .flight import Flight
@@ -37,9 +37,17 @@ def wrap(client: Any, cache: Cache | None = None) -> Any:
 
     is_async = isinstance(client, openai.AsyncOpenAI)
     if cache is None:
-        sync_twin = client if not is_async else openai.OpenAI(
-            api_key=client.api_key, base_url=client.base_url, organization=client.organization,
-            project=client.project, max_retries=client.max_retries)
+        sync_twin = (
+            client
+            if not is_async
+            else openai.OpenAI(
+                api_key=client.api_key,
+                base_url=client.base_url,
+                organization=client.organization,
+                project=client.project,
+                max_retries=client.max_retries,
+            )
+        )
         cache = Cache.from_env(llm=sync_twin)
     if is_async:
         return _Client(client, _AsyncCompletions(client.chat.completions, cache))
@@ -94,8 +102,9 @@ class _AsyncCompletions(_Passthrough):
         super().__init__(completions)
         self.cache = cache
 
-    async def create(self, *, messages: Any, model: str, stream: bool = False, pgcache: Any = None,
-                     **params: Any) -> Any:
+    async def create(
+        self, *, messages: Any, model: str, stream: bool = False, pgcache: Any = None, **params: Any
+    ) -> Any:
         options = CallOptions.build(pgcache)
         found = await _begin_async(self.cache, messages, model, params, options)
         if isinstance(found, CacheResult):
@@ -152,6 +161,8 @@ def _from_cache(result: CacheResult, stream: bool, params: dict[str, Any]) -> An
 class _Replay:
     """A cached answer as a stream of chunks."""
 
+    pgcache: CacheResult
+
     def __init__(self, chunks: list[Any]) -> None:
         self._chunks = iter(chunks)
 
@@ -164,10 +175,10 @@ class _Replay:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> _Replay:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -188,10 +199,10 @@ class _AsyncReplay:
     async def close(self) -> None:
         pass
 
-    async def __aenter__(self) -> _AsyncReplay:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         pass
 
 
@@ -203,8 +214,16 @@ class _LiveBase:
         self._cache = cache
         self._flight: Flight | None = flight
         self._accumulator = ChunkAccumulator()
-        self.pgcache = CacheResult(content="", status="miss", similarity=None, entry_id=None, response={},
-                                   model=flight.model, namespace=flight.namespace, lookup_id=flight.record.id)
+        self.pgcache = CacheResult(
+            content="",
+            status="miss",
+            similarity=None,
+            entry_id=None,
+            response={},
+            model=flight.model,
+            namespace=flight.namespace,
+            lookup_id=flight.record.id,
+        )
         """Status "miss" at once; the stored result once the stream has ended."""
 
     def _done(self) -> None:
@@ -247,10 +266,10 @@ class LiveStream(_LiveBase):
         self._failed(GeneratorExit())
         self._upstream.close()
 
-    def __enter__(self) -> LiveStream:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -274,8 +293,8 @@ class AsyncLiveStream(_LiveBase):
         await _offload(self._cache, self._failed, GeneratorExit())
         await self._upstream.close()
 
-    async def __aenter__(self) -> AsyncLiveStream:
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()

@@ -220,56 +220,89 @@ class Settings:
     """pgcache's configuration; each field is one setting with one ``PGCACHE_*`` variable."""
 
     database_url: str | None = setting(
-        None, URL, "database URL (`postgresql://` or `postgres://`)", "embedded PostgreSQL")
+        None, URL, "database URL (`postgresql://` or `postgres://`)", "embedded PostgreSQL"
+    )
     data_dir: Path | None = setting(
-        None, PATH, "data directory of the embedded PostgreSQL", "`~/.local/share/pgcache/postgres`")
-    embedder: str = setting(
-        "openai", _text_kind(_choice(*EMBEDDERS)), "`openai` or `local`")
+        None, PATH, "data directory of the embedded PostgreSQL", "`~/.local/share/pgcache/postgres`"
+    )
+    embedder: str = setting("openai", _text_kind(_choice(*EMBEDDERS)), "`openai` or `local`")
     embedding_model: str | None = setting(
-        None, OPTIONAL_TEXT, "embedding model name (OpenAI) or model path (local)",
-        "`text-embedding-3-small` / bundled MiniLM")
+        None,
+        OPTIONAL_TEXT,
+        "embedding model name (OpenAI) or model path (local)",
+        "`text-embedding-3-small` / bundled MiniLM",
+    )
     model: str = setting(DEFAULT_MODEL, NAME, "default chat model")
     namespace: str = setting(DEFAULT_NAMESPACE, NAME, "namespace of entries and lookups")
     ttl: float | None = setting(
-        None, DURATION, "default lifetime of new entries: seconds, `30m`, `12h`, `7d`, `2w` or `never`", "`never`")
+        None, DURATION, "default lifetime of new entries: seconds, `30m`, `12h`, `7d`, `2w` or `never`", "`never`"
+    )
     threshold: float | None = setting(
-        None, OPTIONAL_SIMILARITY, "semantic threshold (cosine similarity, 0–1]",
-        "calibrated, else the embedder's default")
+        None,
+        OPTIONAL_SIMILARITY,
+        "semantic threshold (cosine similarity, 0–1]",
+        "calibrated, else the embedder's default",
+    )
     max_entries: int | None = setting(
-        None, Kind(_count_text(0), _optional(_count(0))),
+        None,
+        Kind(_count_text(0), _optional(_count(0))),
         "capacity for `pgcache sweep`: least recently hit entries beyond it are evicted, warmed ones last",
-        "unlimited")
+        "unlimited",
+    )
     prices: dict[str, tuple[float, float]] | None = setting(
-        None, PRICES, "token prices for reports: JSON or a JSON file path, `{\"model\": [input, output]}` dollars "
-        "per 1M tokens (a variable extends the built-in table, an argument replaces it)", "built-in table")
+        None,
+        PRICES,
+        'token prices for reports: JSON or a JSON file path, `{"model": [input, output]}` dollars '
+        "per 1M tokens (a variable extends the built-in table, an argument replaces it)",
+        "built-in table",
+    )
     pool_size: int = setting(10, Kind(_count_text(1), _count(1)), "most database connections one cache opens")
     connect_timeout: float = setting(
-        2.0, SECONDS, "seconds to connect before a call skips the cache (libpq's minimum is 2)")
+        2.0, SECONDS, "seconds to connect before a call skips the cache (libpq's minimum is 2)"
+    )
     statement_timeout: float = setting(2.0, SECONDS, "seconds a cache query may run before the call skips the cache")
     fail_open: bool = setting(
-        True, FLAG, "when the database or the embedder fails, lookups are misses and calls go to the LLM "
-        "(a circuit breaker skips the cache until it recovers) instead of raising")
+        True,
+        FLAG,
+        "when the database or the embedder fails, lookups are misses and calls go to the LLM "
+        "(a circuit breaker skips the cache until it recovers) instead of raising",
+    )
     single_flight: bool = setting(
-        True, FLAG, "callers that miss on the same request at once make one LLM call; the others wait for it")
+        True, FLAG, "callers that miss on the same request at once make one LLM call; the others wait for it"
+    )
     single_flight_wait: float = setting(
-        30.0, SECONDS, "seconds a caller waits for another caller's answer to the same request")
+        30.0, SECONDS, "seconds a caller waits for another caller's answer to the same request"
+    )
     bypass_nonzero_temperature: bool = setting(
-        False, FLAG, "neither look up nor store requests whose temperature is above 0")
-    guard: bool = setting(
-        True, FLAG, "the offline guard checks semantic candidates below the sure threshold")
+        False, FLAG, "neither look up nor store requests whose temperature is above 0"
+    )
+    guard: bool = setting(True, FLAG, "the offline guard checks semantic candidates below the sure threshold")
     guard_rules: tuple[str, ...] = setting(
-        DEFAULT_GUARD_RULES, RULE_NAMES, "the guard's rules, comma-separated: `argument order`, `numbers`, "
-        "`negation`, `opposites`, `entities`, `question type`", "`argument order`")
+        DEFAULT_GUARD_RULES,
+        RULE_NAMES,
+        "the guard's rules, comma-separated: `argument order`, `numbers`, "
+        "`negation`, `opposites`, `entities`, `question type`",
+        "`argument order`",
+    )
     sure_threshold: float = setting(
-        1.0, SIMILARITY, "similarity at or above which a semantic candidate is served without verification",
-        "`1` (always verify)")
+        1.0,
+        SIMILARITY,
+        "similarity at or above which a semantic candidate is served without verification",
+        "`1` (always verify)",
+    )
     judge_model: str | None = setting(
-        None, OPTIONAL_TEXT, "a cheap chat model that must also say \"yes\" to a candidate below the sure threshold "
-        "(through the SDK's endpoint)", "unset: no judge")
+        None,
+        OPTIONAL_TEXT,
+        'a cheap chat model that must also say "yes" to a candidate below the sure threshold '
+        "(through the SDK's endpoint)",
+        "unset: no judge",
+    )
     read_database_url: str | None = setting(
-        None, URL, "where lookups read, e.g. a replica; writes stay on `PGCACHE_DATABASE_URL`", "unset: the primary")
+        None, URL, "where lookups read, e.g. a replica; writes stay on `PGCACHE_DATABASE_URL`", "unset: the primary"
+    )
     store_prompts: bool = setting(
-        True, FLAG, "`false`: no prompt text in entries or the ledger, message contents stored as SHA-256")
+        True, FLAG, "`false`: no prompt text in entries or the ledger, message contents stored as SHA-256"
+    )
 
     def __repr__(self) -> str:
         # Settings end up in logs and tracebacks; database passwords must not.
@@ -358,8 +391,10 @@ def markdown_table() -> str:
     """The README's configuration table."""
     lines = ["| variable | `Cache` argument | meaning | default |", "|---|---|---|---|"]
     for declared in fields(Settings):
-        lines.append(f"| `{variable(declared.name)}` | `{declared.name}` | {declared.metadata['doc']} | "
-                     f"{_shown_default(declared)} |")
+        lines.append(
+            f"| `{variable(declared.name)}` | `{declared.name}` | {declared.metadata['doc']} | "
+            f"{_shown_default(declared)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -7,13 +7,14 @@ types are registered once per connection so vectors move in binary form.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from contextlib import contextmanager
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .db import redact
 from .errors import DatabaseError
@@ -50,7 +51,7 @@ class Database:
             given = {}
         if given.get("options"):
             options = f"{given['options']} {options}"
-        application_name = given.get("application_name") or application_name
+        application_name = str(given.get("application_name") or application_name)
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -83,10 +84,9 @@ class Database:
     def _discard_broken(self) -> None:
         # After a server restart every idle connection is dead; drop them all now rather
         # than failing once per connection (the pool reconnects in the background).
-        try:
+        # The server may still be down: then the next call finds out.
+        with contextlib.suppress(psycopg.Error, PoolClosed):
             self.pool.check()
-        except Exception:  # the server may still be down; the next call finds out
-            pass
 
     def close(self) -> None:
         self.pool.close()

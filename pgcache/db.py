@@ -13,7 +13,6 @@ from psycopg.conninfo import conninfo_to_dict
 from . import embedded, queries
 from .errors import ConfigurationError, DatabaseError, PgcacheError, SchemaError
 
-
 VERSION_TABLE = queries.VERSION_TABLE
 MIGRATION_LOCK_ID = queries.MIGRATION_LOCK_ID
 
@@ -47,10 +46,9 @@ def normalize_url(url: str) -> str:
 
 def _scrub(message: str, rest: str) -> str:
     """``message`` without the password of the URL ``scheme://rest``, in any form a parser may quote it."""
-    netloc = re.match(r"[^/?#]*", rest).group(0)  # the authority, found without urlsplit's validation
-    tail = rest[len(netloc):]
-    secrets = [netloc.rpartition("@")[0].partition(":")[2],
-               *re.findall(r"(?i)[?&]password=([^&#]*)", tail)]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]  # the authority, without urlsplit's checks
+    tail = rest[len(netloc) :]
+    secrets = [netloc.rpartition("@")[0].partition(":")[2], *re.findall(r"(?i)[?&]password=([^&#]*)", tail)]
     for secret in secrets:
         for form in {secret, unquote(secret)}:
             if form:
@@ -103,8 +101,10 @@ def head_revision() -> str:
     """The newest schema revision this version of pgcache knows."""
     from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory(str(migrations_dir()))
-    return script.get_current_head()
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    if head is None:
+        raise SchemaError("pgcache's migration scripts have no head revision")
+    return head
 
 
 def known_revisions() -> set[str]:
@@ -181,5 +181,7 @@ def check_schema(url: str, *, auto_upgrade: bool = False) -> None:
 
 
 def _newer_than_code(current: str) -> str:
-    return (f"the database schema is at revision {current}, newer than this version of pgcache "
-            f"knows (head {head_revision()}); upgrade pgcache")
+    return (
+        f"the database schema is at revision {current}, newer than this version of pgcache "
+        f"knows (head {head_revision()}); upgrade pgcache"
+    )

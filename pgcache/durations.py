@@ -17,7 +17,7 @@ MAX_TTL = 100 * 365.25 * 86400
 would overflow PostgreSQL's timestamps."""
 
 
-def parse_ttl(value: str | int | float | timedelta | None, *, name: str = "ttl") -> float | None:
+def parse_ttl(value: str | float | timedelta | None, *, name: str = "ttl") -> float | None:
     """Return a TTL in seconds, or ``None`` for entries that never expire.
 
     Accepts a number of seconds, a ``timedelta``, ``None``, or a string such as
@@ -48,9 +48,7 @@ def parse_ttl(value: str | int | float | timedelta | None, *, name: str = "ttl")
             seconds = float(match.group(1)) * _UNITS[(match.group(2) or "s").lower()]
             if seconds > 0:
                 return _at_most_a_century(seconds, name)
-        raise ConfigurationError(
-            f"{name} must look like 90, 30m, 12h, 7d, 2w or 'never', got {short_repr(value)}"
-        )
+        raise ConfigurationError(f"{name} must look like 90, 30m, 12h, 7d, 2w or 'never', got {short_repr(value)}")
     raise ConfigurationError(f"{name} must be a duration, got {type(value).__name__}")
 
 
@@ -58,4 +56,3 @@ def _at_most_a_century(seconds: float, name: str) -> float:
     if seconds > MAX_TTL:
         raise ConfigurationError(f"{name} must be at most 100 years (5200w); use 'never' for entries that never expire")
     return seconds
-

@@ -9,6 +9,7 @@ the one server and its data; ``pgcache db stop`` stops it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -89,7 +90,9 @@ def stop(data_dir: Path | None = None) -> bool:
             _urls.pop(data_dir, None)
         return False
     server = pgserver.get_server(data_dir, cleanup_mode=None, start=False)
-    pgexec("pg_ctl", ("-w", "-m", "fast", "-D", str(data_dir), "stop"), bin_path=server.bin_path, user=server.system_user)
+    pgexec(
+        "pg_ctl", ("-w", "-m", "fast", "-D", str(data_dir), "stop"), bin_path=server.bin_path, user=server.system_user
+    )
     with _lock:
         _urls.pop(data_dir, None)
     return True
@@ -100,7 +103,6 @@ def _ensure_database(admin_url: str) -> None:
         exists = conn.execute(queries.FIND_DATABASE, (DATABASE_NAME,)).fetchone()
         if exists:
             return
-        try:
+        # Another process may create it first.
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
             conn.execute(sql.SQL(queries.CREATE_DATABASE).format(name=sql.Identifier(DATABASE_NAME)))
-        except (psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
-            pass  # another process created it first

@@ -127,7 +127,7 @@ class LocalEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.name = f"local/{LOCAL_MODEL_NAME}" if model_path is None else f"local/{model_path}"
-        self._model = None
+        self._model: Any = None
         self._lock = threading.Lock()
 
     def _load(self):
@@ -207,7 +207,9 @@ def embed_texts(embedder: Any, texts: list[str]) -> np.ndarray:
         raise EmbedderError(f"embedder {name} returned vectors of unequal or non-numeric shape: {exc}") from None
     expected = int(embedder.dimensions)
     if matrix.ndim != 2 or matrix.shape[0] != len(texts):
-        raise EmbedderError(f"embedder {name} returned {matrix.shape[0] if matrix.ndim else 0} vectors for {len(texts)} texts")
+        raise EmbedderError(
+            f"embedder {name} returned {matrix.shape[0] if matrix.ndim else 0} vectors for {len(texts)} texts"
+        )
     if matrix.shape[1] != expected:
         raise EmbedderError(f"embedder {name} returned {matrix.shape[1]}-dimensional vectors; it declares {expected}")
     if expected > EMBEDDING_DIMENSIONS:

@@ -104,30 +104,55 @@ class Entries:
         self.keys = keys
         self.store_prompts = store_prompts
 
-    def build(self, key: RequestKey, response: Mapping[str, Any], tags: Sequence[str], source: str,
-              ttl: float | None) -> NewEntry:
+    def build(
+        self, key: RequestKey, response: Mapping[str, Any], tags: Sequence[str], source: str, ttl: float | None
+    ) -> NewEntry:
         """A row to insert, its JSON checked before any embedding is paid for."""
         if key.prompt is not None:
             check_text(key.prompt, "prompt")
         prompt_tokens, completion_tokens, total_tokens = usage_of(response)
         request = key.request if self.store_prompts else redact_request(key.request)
         return NewEntry(
-            namespace=key.namespace, exact_key=key.exact_key, scope_key=key.scope_key, model=key.model,
-            prompt=key.prompt if self.store_prompts else None, request=storable_json(request, "request"),
-            response=storable_json(response, "response"), tags=tags, source=source, ttl=ttl,
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=total_tokens,
+            namespace=key.namespace,
+            exact_key=key.exact_key,
+            scope_key=key.scope_key,
+            model=key.model,
+            prompt=key.prompt if self.store_prompts else None,
+            request=storable_json(request, "request"),
+            response=storable_json(response, "response"),
+            tags=tags,
+            source=source,
+            ttl=ttl,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=total_tokens,
         )
 
-    def store_answer(self, key: RequestKey, response: Mapping[str, Any], tags: Sequence[str], ttl: float | None,
-                     vector: np.ndarray | None) -> int:
+    def store_answer(
+        self,
+        key: RequestKey,
+        response: Mapping[str, Any],
+        tags: Sequence[str],
+        ttl: float | None,
+        vector: np.ndarray | None,
+    ) -> int:
         """Store the LLM's answer to a missed request, with the vector the lookup already computed."""
         entry = self.build(key, response, tags, "llm", ttl)
         if vector is not None:
             entry.embedder, entry.embedding = self.embedder.name, vector
         return self.backend.write(insert_entries, [entry])[0]
 
-    def store_many(self, items: Any, model: str | None, ttl: float | None, tags: Sequence[str], *,
-                   namespace: str | None, source: str, params: Mapping[str, Any]) -> list[int]:
+    def store_many(
+        self,
+        items: Any,
+        model: str | None,
+        ttl: float | None,
+        tags: Sequence[str],
+        *,
+        namespace: str | None,
+        source: str,
+        params: Mapping[str, Any],
+    ) -> list[int]:
         """Store ``(prompt_or_messages, response)`` pairs with one embedding batch; ids in the items' order."""
         entries: list[NewEntry] = []
         prompts: list[str | None] = []  # the keys' prompts: entries hold none with store_prompts=False
@@ -140,16 +165,17 @@ class Entries:
         embeddable = [i for i, prompt in enumerate(prompts) if prompt is not None and prompt.strip()]
         if embeddable:
             matrix = embed_texts(self.embedder, [prompts[i] or "" for i in embeddable])
-            for i, vector in zip(embeddable, matrix):
+            for i, vector in zip(embeddable, matrix, strict=True):
                 entries[i].embedder, entries[i].embedding = self.embedder.name, vector
         # Same lock order in every writer, so concurrent batches cannot deadlock.
         order = sorted(range(len(entries)), key=lambda i: entries[i].exact_key)
         ids = self.backend.write(insert_entries, [entries[i] for i in order])
-        by_position = dict(zip(order, ids))
+        by_position = dict(zip(order, ids, strict=True))
         return [by_position[i] for i in range(len(entries))]
 
-    def contains_many(self, requests: Iterable[tuple[Any, str | None]], model: str | None,
-                      params: Mapping[str, Any]) -> list[bool]:
+    def contains_many(
+        self, requests: Iterable[tuple[Any, str | None]], model: str | None, params: Mapping[str, Any]
+    ) -> list[bool]:
         """For ``(prompt_or_messages, namespace)`` pairs: whether each has a live entry (exact key)."""
         keys = [self.keys.key(request, model, namespace, params).exact_key for request, namespace in requests]
         if not keys:
@@ -162,11 +188,13 @@ def pairs(items: Any) -> list[tuple[Any, Any]]:
     """``items`` as a list of ``(prompt_or_messages, response)`` pairs, or a clear error."""
     if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
         raise InvalidRequestError(
-            f"items must be an iterable of (prompt_or_messages, response) pairs, got {type(items).__name__}")
+            f"items must be an iterable of (prompt_or_messages, response) pairs, got {type(items).__name__}"
+        )
     checked = []
     for position, item in enumerate(items):
         if isinstance(item, (str, bytes)) or not isinstance(item, (tuple, list)) or len(item) != 2:
             raise InvalidRequestError(
-                f"items[{position}] must be a (prompt_or_messages, response) pair, got {type(item).__name__}")
+                f"items[{position}] must be a (prompt_or_messages, response) pair, got {type(item).__name__}"
+            )
         checked.append((item[0], item[1]))
     return checked

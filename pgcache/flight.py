@@ -26,6 +26,7 @@ ledger record.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Generator, Mapping, Sequence
@@ -37,6 +38,7 @@ import psycopg
 
 from . import queries
 from .backend import Backend, Unavailable
+from .config import Settings
 from .durations import parse_ttl
 from .entries import Entries
 from .errors import InvalidRequestError
@@ -95,22 +97,29 @@ def release_lease(conn: psycopg.Connection, exact_key: bytes) -> None:
 class SingleFlight:
     """The steps of a request that may go to the LLM; see the module's docstring."""
 
-    def __init__(self, backend: Backend, finder: Finder, entries: Entries, ledger: LedgerWriter, keys: RequestKeys,
-                 *, ttl: float | None, single_flight: bool = True, single_flight_wait: float = 30.0,
-                 bypass_nonzero_temperature: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        finder: Finder,
+        entries: Entries,
+        ledger: LedgerWriter,
+        keys: RequestKeys,
+        settings: Settings,
+    ) -> None:
         self.backend = backend
         self.finder = finder
         self.entries = entries
         self.ledger = ledger
         self.keys = keys
-        self.ttl = ttl
-        self.enabled = single_flight
-        self.wait_seconds = float(single_flight_wait)
+        self.ttl = settings.ttl
+        self.enabled = settings.single_flight
+        self.wait_seconds = settings.single_flight_wait
+        self.bypass_nonzero_temperature = settings.bypass_nonzero_temperature
         self.lease_seconds = max(300.0, 2 * self.wait_seconds)
-        self.bypass_nonzero_temperature = bypass_nonzero_temperature
 
-    def begin(self, messages: str | Sequence[Any], model: str | None, params: Mapping[str, Any],
-              options: CallOptions) -> CacheResult | Flight:
+    def begin(
+        self, messages: str | Sequence[Any], model: str | None, params: Mapping[str, Any], options: CallOptions
+    ) -> CacheResult | Flight:
         """Key, bypass policy and both tiers: a hit to return, or the flight a miss continues with."""
         key = self.keys.key(messages, model, options.namespace, params)
         record = LookupRecord.start(key.model, key.namespace)
@@ -165,8 +174,9 @@ class SingleFlight:
                     if row is not None or not leased:
                         break  # an answer; or the holder gave up without one: take over
                     if time.monotonic() >= deadline:
-                        _log.info("pgcache: waited %.0fs for another caller's answer; asking the LLM",
-                                  self.wait_seconds)
+                        _log.info(
+                            "pgcache: waited %.0fs for another caller's answer; asking the LLM", self.wait_seconds
+                        )
                         return self._depart(flight)
                     yield delay
                     delay = min(delay * 1.5, 0.25)
@@ -193,8 +203,9 @@ class SingleFlight:
             if flight.storing:
                 options = flight.options
                 ttl = self.ttl if options.ttl is UNSET else parse_ttl(options.ttl)
-                record.entry_id = self.backend.attempt(self.entries.store_answer, flight.key, response,
-                                                       list(options.tags), ttl, flight.vector)
+                record.entry_id = self.backend.attempt(
+                    self.entries.store_answer, flight.key, response, list(options.tags), ttl, flight.vector
+                )
         except Unavailable:
             pass
         except InvalidRequestError as exc:
@@ -204,9 +215,14 @@ class SingleFlight:
             self._release(flight)
         self.ledger.record(record)
         return CacheResult(
-            content=content_of(response), status="bypass" if record.outcome == "bypass" else "miss",
-            similarity=None, entry_id=record.entry_id, response=response, model=flight.model,
-            namespace=flight.namespace, lookup_id=record.id,
+            content=content_of(response),
+            status="bypass" if record.outcome == "bypass" else "miss",
+            similarity=None,
+            entry_id=record.entry_id,
+            response=response,
+            model=flight.model,
+            namespace=flight.namespace,
+            lookup_id=record.id,
         )
 
     def abort(self, flight: Flight, error: BaseException) -> None:
@@ -223,7 +239,6 @@ class SingleFlight:
     def _release(self, flight: Flight) -> None:
         if flight.leased:
             flight.leased = False
-            try:
+            # Unavailable: the lease lapses on its own.
+            with contextlib.suppress(Unavailable):
                 self.backend.attempt(self.backend.write, release_lease, flight.key.exact_key)
-            except Unavailable:
-                pass  # the lease lapses on its own

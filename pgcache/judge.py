@@ -49,14 +49,19 @@ class LLMJudge:
         try:
             completion = self.client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": "system", "content": INSTRUCTIONS},
-                          {"role": "user", "content": f"Request A: {request}\nRequest B: {cached}"}],
-                temperature=0, max_tokens=2, timeout=self.timeout,
+                messages=[
+                    {"role": "system", "content": INSTRUCTIONS},
+                    {"role": "user", "content": f"Request A: {request}\nRequest B: {cached}"},
+                ],
+                temperature=0,
+                max_tokens=2,
+                timeout=self.timeout,
             )
-        except Exception as exc:  # the judge failing means "not sure": a miss, never an error
+        except Exception as exc:  # noqa: BLE001 - any client's failure means "not sure": a miss, never an error
             _log.warning("pgcache: the LLM judge failed (%s); treating the candidate as a miss", type(exc).__name__)
             return Verdict(False, error=type(exc).__name__)
         answer = (completion.choices[0].message.content or "").strip().lower() if completion.choices else ""
         usage = completion.usage
-        return Verdict(answer.startswith("yes"), usage.prompt_tokens if usage else 0,
-                       usage.completion_tokens if usage else 0)
+        return Verdict(
+            answer.startswith("yes"), usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0
+        )

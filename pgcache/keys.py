@@ -101,8 +101,7 @@ def normalize_messages(prompt_or_messages: str | Sequence[Any]) -> list[dict[str
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(
-                f"messages[{index}].content must be a string or a list of content parts, "
-                f"got {type(content).__name__}"
+                f"messages[{index}].content must be a string or a list of content parts, got {type(content).__name__}"
             )
         for position, part in enumerate(content if isinstance(content, list) else ()):
             if hasattr(part, "model_dump"):
@@ -174,11 +173,7 @@ def _digest(payload: Mapping[str, Any]) -> bytes:
 
 
 def request_key(
-    prompt_or_messages: str | Sequence[Any],
-    *,
-    model: str,
-    namespace: str,
-    params: Mapping[str, Any] | None = None,
+    prompt_or_messages: str | Sequence[Any], *, model: str, namespace: str, params: Mapping[str, Any] | None = None
 ) -> RequestKey:
     """Derive the exact key, scope key, prompt and stored request for one request."""
     if not isinstance(model, str) or not model.strip():
@@ -187,7 +182,7 @@ def request_key(
         raise InvalidRequestError(f"namespace must be a non-empty string, got {namespace!r}")
     messages = normalize_messages(prompt_or_messages)
     kept = output_params(params or {})
-    request = {"model": model, "messages": messages}
+    request: dict[str, Any] = {"model": model, "messages": messages}
     if kept:
         request["params"] = kept
     try:
@@ -197,8 +192,13 @@ def request_key(
     except RecursionError:
         raise InvalidRequestError("request is not JSON-serialisable: nested too deeply (or refers to itself)") from None
     exact = _digest({"v": KEY_VERSION, "namespace": namespace, **request})
-    scope_payload = {"v": KEY_VERSION, "namespace": namespace, "model": model,
-                     "context": request["messages"][:-1], "params": request.get("params", {})}
+    scope_payload = {
+        "v": KEY_VERSION,
+        "namespace": namespace,
+        "model": model,
+        "context": request["messages"][:-1],
+        "params": request.get("params", {}),
+    }
     # The final message's text is what the semantic tier compares; anything else on it (a
     # participant ``name``) says who asks, so it belongs to the scope. Only added when present,
     # so that the scope keys of ordinary requests stay as they were.
@@ -211,8 +211,9 @@ def request_key(
         # PostgreSQL text cannot hold NUL: the text that is embedded and logged goes without it,
         # while the request itself keeps it (so storing it is refused, with a message saying why).
         prompt = prompt.replace("\x00", "")
-    return RequestKey(exact_key=exact, scope_key=scope, prompt=prompt, request=request, model=model,
-                      namespace=namespace)
+    return RequestKey(
+        exact_key=exact, scope_key=scope, prompt=prompt, request=request, model=model, namespace=namespace
+    )
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,16 @@ class RequestKeys:
     model: str
     namespace: str
 
-    def key(self, prompt_or_messages: str | Sequence[Any], model: str | None = None, namespace: str | None = None,
-            params: Mapping[str, Any] | None = None) -> RequestKey:
-        return request_key(prompt_or_messages,
-                           model=self.model if model is None else check_name(model, "model"),
-                           namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
-                           params=params)
+    def key(
+        self,
+        prompt_or_messages: str | Sequence[Any],
+        model: str | None = None,
+        namespace: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> RequestKey:
+        return request_key(
+            prompt_or_messages,
+            model=self.model if model is None else check_name(model, "model"),
+            namespace=self.namespace if namespace is None else check_name(namespace, "namespace"),
+            params=params,
+        )

@@ -17,13 +17,16 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from . import queries
+from .backend import Unavailable
 from .connections import Database
+from .errors import PgcacheError
 
 _log = logging.getLogger(__name__)
+
 
 @dataclass(slots=True)
 class LookupRecord:
@@ -52,8 +55,18 @@ class LookupRecord:
     @classmethod
     def start(cls, model: str, namespace: str) -> LookupRecord:
         """The record of a lookup that begins now; a miss until a tier finds something."""
-        return cls(id=uuid.uuid4(), at=datetime.now(timezone.utc), namespace=namespace, model=model,
-                   outcome="miss", entry_id=None, embedder=None, similarity=None, threshold=None, latency_ms=0.0)
+        return cls(
+            id=uuid.uuid4(),
+            at=datetime.now(UTC),
+            namespace=namespace,
+            model=model,
+            outcome="miss",
+            entry_id=None,
+            embedder=None,
+            similarity=None,
+            threshold=None,
+            latency_ms=0.0,
+        )
 
     def params(self) -> dict[str, Any]:
         """The row's values by column name."""
@@ -157,10 +170,12 @@ class LedgerWriter:
                 cur.executemany(INSERT_LOOKUP, [row.params() for row in batch])
                 if ids:
                     cur.execute(queries.COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
-        except Exception as exc:  # the ledger must never break lookups
+        except (PgcacheError, Unavailable) as exc:  # the ledger must never break lookups
             self.dropped += len(batch)
             if not self._failing:
-                _log.warning("pgcache: could not write %d ledger rows: %s", len(batch), exc)
+                # While the breaker is open the outage has been logged already; say only what it costs here.
+                cause = "the database is skipped while it fails" if isinstance(exc, Unavailable) else exc
+                _log.warning("pgcache: could not write %d ledger rows: %s", len(batch), cause)
             self._failing = True
         else:
             if self._failing:

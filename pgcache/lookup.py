@@ -54,11 +54,15 @@ def find_exact(conn: psycopg.Connection, exact_key: bytes) -> Row | None:
     return Row(*row) if row else None
 
 
-def find_nearest(conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray,
-                 k: int = CANDIDATES) -> Row | None:
+def find_nearest(
+    conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray, k: int = CANDIDATES
+) -> Row | None:
     """The most similar live entry in the scope, whatever its similarity."""
-    row = conn.execute(queries.FIND_NEAREST, {"q": vector, "scope": scope_key, "embedder": embedder, "k": k,
-                                              "exact_below": queries.EXACT_SEARCH_ROWS}, binary=True).fetchone()
+    row = conn.execute(
+        queries.FIND_NEAREST,
+        {"q": vector, "scope": scope_key, "embedder": embedder, "k": k, "exact_below": queries.EXACT_SEARCH_ROWS},
+        binary=True,
+    ).fetchone()
     return Row(*row) if row else None
 
 
@@ -72,9 +76,14 @@ def hit_result(row: Row, status: str, record: LookupRecord) -> CacheResult:
     record.outcome, record.entry_id = status, row.id
     record.prompt_tokens, record.completion_tokens = row.prompt_tokens, row.completion_tokens
     return CacheResult(
-        content=content_of(row.response), status=status,  # type: ignore[arg-type]
-        similarity=row.similarity if status == "semantic" else None, entry_id=row.id,
-        response=row.response, model=record.model, namespace=record.namespace, lookup_id=record.id,
+        content=content_of(row.response),
+        status=status,  # type: ignore[arg-type]
+        similarity=row.similarity if status == "semantic" else None,
+        entry_id=row.id,
+        response=row.response,
+        model=record.model,
+        namespace=record.namespace,
+        lookup_id=record.id,
     )
 
 
@@ -126,19 +135,22 @@ class Thresholds:
 class Finder:
     """Both tiers of a lookup; a failing embedder leaves the exact tier working (fail-open)."""
 
-    def __init__(self, backend: Backend, embedder: Any, thresholds: Thresholds, verifier: Verifier, *,
-                 store_prompts: bool = True) -> None:
+    def __init__(
+        self, backend: Backend, embedder: Any, thresholds: Thresholds, verifier: Verifier, *, store_prompts: bool = True
+    ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.thresholds = thresholds
         self.verifier = verifier
         self.store_prompts = store_prompts
-        self.embedder_breaker = CircuitBreaker(subject="embedder", fallback="lookups use the exact tier only",
-                                               recovery="semantic lookups resumed")
+        self.embedder_breaker = CircuitBreaker(
+            subject="embedder", fallback="lookups use the exact tier only", recovery="semantic lookups resumed"
+        )
         """Trips while the embedder fails, so that lookups do not wait for it each time."""
 
-    def find(self, key: RequestKey, record: LookupRecord, threshold: float | None = None
-             ) -> tuple[CacheResult | None, np.ndarray | None]:
+    def find(
+        self, key: RequestKey, record: LookupRecord, threshold: float | None = None
+    ) -> tuple[CacheResult | None, np.ndarray | None]:
         """The hit (or None) and the request's vector (None if not embedded), filling ``record``."""
         started = time.perf_counter()
         row = self.backend.read(find_exact, key.exact_key)
@@ -155,8 +167,9 @@ class Finder:
             record.prompt = key.prompt  # so that feedback on this hit can keep the pair
         return hit_result(row, status, record), vector
 
-    def _nearest(self, key: RequestKey, vector: np.ndarray, record: LookupRecord,
-                 threshold: float | None) -> Row | None:
+    def _nearest(
+        self, key: RequestKey, vector: np.ndarray, record: LookupRecord, threshold: float | None
+    ) -> Row | None:
         if threshold is None:  # resolved only here: an exact hit never needs it
             threshold = self.thresholds.in_force(key.namespace)[0]
         record.embedder, record.threshold = self.embedder.name, threshold
@@ -166,8 +179,13 @@ class Finder:
         record.similarity, record.candidate_id = row.similarity, row.id
         if row.similarity < threshold:
             return None
-        candidate = Candidate(request=key.prompt or "", cached=row.prompt, similarity=row.similarity,
-                              entry_id=row.id, entry_threshold=row.min_similarity)
+        candidate = Candidate(
+            request=key.prompt or "",
+            cached=row.prompt,
+            similarity=row.similarity,
+            entry_id=row.id,
+            entry_threshold=row.min_similarity,
+        )
         record.rejected_by = self.verifier.refusal(candidate, record)
         return None if record.rejected_by else row
 

@@ -69,6 +69,7 @@ def sweep(
         # Batches may take longer than a lookup's statement timeout; they hold no lock lookups need.
         _set(conn, statement_timeout="5min")
         try:
+
             def out_of_time() -> bool:
                 return max_seconds is not None and time.monotonic() - started >= max_seconds
 
@@ -116,8 +117,7 @@ class Filters:
 
     def where(self) -> tuple[sql.Composable, dict[str, Any]]:
         """The WHERE clause (conditions from :data:`pgcache.queries.FILTERS`, joined by AND) and its parameters."""
-        given = {name: getattr(self, name) for name in ("prompt", "model", "source", "key", "older_than",
-                                                         "similar_to")}
+        given = {name: getattr(self, name) for name in ("prompt", "model", "source", "key", "older_than", "similar_to")}
         given["tags"] = list(self.tags) or None
         chosen = [name for name, value in given.items() if value is not None]
         if not chosen and not self.everything:
@@ -147,7 +147,8 @@ def invalidate(database: Database, filters: Filters, *, yes: bool = False) -> in
             left = _scalar(conn, queries.COUNT_NAMESPACE, (filters.namespace,))
             if left == 0:  # raising rolls the delete back
                 raise InvalidRequestError(
-                    f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)")
+                    f"this would delete all {count} entries of the namespace; confirm with yes=True (--yes)"
+                )
     return count
 
 
@@ -234,8 +235,10 @@ def _set_lists(conn, target: int, attempts: int = 50) -> None:
             return
         except psycopg.errors.LockNotAvailable:
             time.sleep(min(0.05 * (attempt + 1), 1.0))
-    raise DatabaseError(f"could not lock {queries.INDEX_NAME} to change its lists after {attempts} attempts; "
-                        "lookups kept it busy: try again")
+    raise DatabaseError(
+        f"could not lock {queries.INDEX_NAME} to change its lists after {attempts} attempts; "
+        "lookups kept it busy: try again"
+    )
 
 
 def _positive_int(value: Any, name: str, *, allow_zero: bool = False) -> int:

@@ -122,7 +122,7 @@ class Inflight(Base):
     """A lease on an exact key while one process asks the LLM (single-flight); unlogged."""
 
     __tablename__ = "pgcache_inflight"
-    __table_args__ = {"prefixes": ["UNLOGGED"]}
+    __table_args__ = ({"prefixes": ["UNLOGGED"]},)
 
     exact_key: Mapped[bytes] = mapped_column(LargeBinary, primary_key=True)
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -12,7 +12,6 @@ from .errors import InvalidRequestError
 from .validation import check_name, check_tags, check_threshold
 
 
-
 @dataclass(frozen=True)
 class CallOptions:
     """How one call uses the cache.
@@ -41,7 +40,8 @@ class CallOptions:
             unknown = sorted(set(options) - {f.name for f in fields(cls)})
             if unknown:
                 raise InvalidRequestError(
-                    f"unknown pgcache option {unknown[0]!r}; expected one of {', '.join(f.name for f in fields(cls))}")
+                    f"unknown pgcache option {unknown[0]!r}; expected one of {', '.join(f.name for f in fields(cls))}"
+                )
             values = dict(options)
         else:
             raise InvalidRequestError(f"pgcache options must be a dict, got {type(options).__name__}")

@@ -51,15 +51,21 @@ def check_prices(table: object, name: str = "prices") -> dict[str, tuple[float, 
         raise ConfigurationError(f'{name} must map model names to [input, output] prices, e.g. {{"m": [0.5, 1.5]}}')
     checked: dict[str, tuple[float, float]] = {}
     for model, pair in table.items():
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not all(isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0
-                           for p in pair)):
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not all(
+                isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p) and p >= 0 for p in pair
+            )
+        ):
             raise ConfigurationError(f"{name}: price of {model!r} must be [input, output] dollars per 1M tokens")
         checked[str(model)] = (float(pair[0]), float(pair[1]))
     return checked
 
 
-def cost(prices: Mapping[str, tuple[float, float]], model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+def cost(
+    prices: Mapping[str, tuple[float, float]], model: str, prompt_tokens: int, completion_tokens: int
+) -> float | None:
     """Dollars for the tokens, or ``None`` when the model has no price."""
     price = prices.get(model)
     if price is None:

@@ -50,8 +50,9 @@ def _redact_message(message: Mapping[str, Any]) -> dict[str, Any]:
 def _redact_call(call: Any) -> Any:
     if not isinstance(call, Mapping):
         return digest(call)
-    out = {name: value if name in _KEPT_IN_CALLS else digest(value) for name, value in call.items()
-           if name != "function"}
+    out = {
+        name: value if name in _KEPT_IN_CALLS else digest(value) for name, value in call.items() if name != "function"
+    }
     if isinstance(call.get("function"), Mapping):
         out["function"] = _redact_function(call["function"])
     elif "function" in call:

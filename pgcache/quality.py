@@ -104,8 +104,7 @@ def stats_at(sims: np.ndarray, labels: np.ndarray, threshold: float) -> Threshol
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
     f1 = 2 * precision * recall / (precision + recall) if precision and recall else None
-    return ThresholdStats(threshold, tp, fp, fn, tn, precision, wilson_lower(tp, tp + fp), recall, f1,
-                          fp / len(labels))
+    return ThresholdStats(threshold, tp, fp, fn, tn, precision, wilson_lower(tp, tp + fp), recall, f1, fp / len(labels))
 
 
 def evaluate(sims: np.ndarray, labels: np.ndarray, grid=DEFAULT_GRID) -> list[ThresholdStats]:

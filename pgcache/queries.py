@@ -31,7 +31,6 @@ MIGRATION_LOCK_ID = 0x70676361636865  # "pgcache": serialises migrations of a fr
 VERSION_TABLE = "pgcache_alembic_version"
 
 
-
 def live(alias: str = "") -> str:
     """The condition every served entry meets: not expired (columns of table ``alias`` if given)."""
     column = f"{alias}.expires_at" if alias else "expires_at"
@@ -43,8 +42,7 @@ LIVE = live()
 
 def insert_named(table: str, columns: Sequence[str]) -> str:
     """``INSERT`` of one row whose values are bound by column name (``%(column)s``)."""
-    return (f"INSERT INTO {table} ({', '.join(columns)}) "
-            f"VALUES ({', '.join(f'%({column})s' for column in columns)})")
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(f'%({column})s' for column in columns)})"
 
 
 # -- lookups --------------------------------------------------------------------------------------
@@ -75,10 +73,10 @@ RETURNING true
 
 # What a waiting process needs in one round trip: the answer if stored, and whether a lease is live.
 POLL_LEASE = f"""
-SELECT {', '.join('e.' + column for column in ROW_COLUMNS)},
+SELECT {", ".join("e." + column for column in ROW_COLUMNS)},
        EXISTS (SELECT 1 FROM pgcache_inflight WHERE exact_key = %(key)s AND expires_at > now())
 FROM (SELECT 1) AS one
-LEFT JOIN pgcache_entries AS e ON e.exact_key = %(key)s AND {live('e')}
+LEFT JOIN pgcache_entries AS e ON e.exact_key = %(key)s AND {live("e")}
 """
 
 RELEASE_LEASE = "DELETE FROM pgcache_inflight WHERE exact_key = %s"
@@ -102,11 +100,21 @@ class Column:
 
 
 ENTRY_COLUMNS = (
-    Column("namespace", "text"), Column("exact_key", "bytea"), Column("scope_key", "bytea"), Column("model", "text"),
-    Column("embedder", "text"), Column("prompt", "text"), Column("request", "text", "{}::jsonb"),
-    Column("response", "text", "{}::jsonb"), Column("embedding", "vector"), Column("tags", "text[]"),
-    Column("source", "text"), Column("expires_at", "float8", "now() + {} * interval '1 second'", param="ttl"),
-    Column("prompt_tokens", "int4"), Column("completion_tokens", "int4"), Column("total_tokens", "int4"),
+    Column("namespace", "text"),
+    Column("exact_key", "bytea"),
+    Column("scope_key", "bytea"),
+    Column("model", "text"),
+    Column("embedder", "text"),
+    Column("prompt", "text"),
+    Column("request", "text", "{}::jsonb"),
+    Column("response", "text", "{}::jsonb"),
+    Column("embedding", "vector"),
+    Column("tags", "text[]"),
+    Column("source", "text"),
+    Column("expires_at", "float8", "now() + {} * interval '1 second'", param="ttl"),
+    Column("prompt_tokens", "int4"),
+    Column("completion_tokens", "int4"),
+    Column("total_tokens", "int4"),
 )
 """The columns a new entry sets, in one order for the single-row insert, the staging table and COPY."""
 
@@ -114,25 +122,35 @@ _KEY_COLUMNS = {"namespace", "exact_key", "scope_key", "model"}
 _NAMES = ", ".join(column.name for column in ENTRY_COLUMNS)
 
 # Same exact key: the newer answer replaces the stored one.
-_REFRESH = ("ON CONFLICT (exact_key) DO UPDATE SET "
-            + ", ".join(f"{c.name} = EXCLUDED.{c.name}" for c in ENTRY_COLUMNS if c.name not in _KEY_COLUMNS)
-            + ", created_at = now()")
+_REFRESH = (
+    "ON CONFLICT (exact_key) DO UPDATE SET "
+    + ", ".join(f"{c.name} = EXCLUDED.{c.name}" for c in ENTRY_COLUMNS if c.name not in _KEY_COLUMNS)
+    + ", created_at = now()"
+)
 
-INSERT_ENTRY = (f"INSERT INTO pgcache_entries AS e ({_NAMES}) VALUES ("
-                + ", ".join(c.value.format(f"%({c.source})s") for c in ENTRY_COLUMNS)
-                + f") {_REFRESH} RETURNING id")
+INSERT_ENTRY = (
+    f"INSERT INTO pgcache_entries AS e ({_NAMES}) VALUES ("
+    + ", ".join(c.value.format(f"%({c.source})s") for c in ENTRY_COLUMNS)
+    + f") {_REFRESH} RETURNING id"
+)
 
 # From this many entries a batch goes through binary COPY into a staging table, then one upsert.
 COPY_FROM = 20
 STAGING_TYPES = [column.staged_as for column in ENTRY_COLUMNS]
 # ON COMMIT DROP: nothing outlives the transaction, so pooled (and PgBouncer) connections stay clean.
-CREATE_STAGING = ("CREATE TEMP TABLE pgcache_staging ("
-                  + ", ".join(f"{c.source} {c.staged_as}" for c in ENTRY_COLUMNS) + ") ON COMMIT DROP")
-COPY_STAGING = ("COPY pgcache_staging (" + ", ".join(c.source for c in ENTRY_COLUMNS)
-                + ") FROM STDIN WITH (FORMAT BINARY)")
-UPSERT_STAGED = (f"INSERT INTO pgcache_entries AS e ({_NAMES}) SELECT "
-                 + ", ".join(c.value.format(c.source) for c in ENTRY_COLUMNS)
-                 + f" FROM pgcache_staging ORDER BY exact_key {_REFRESH} RETURNING exact_key, id")
+CREATE_STAGING = (
+    "CREATE TEMP TABLE pgcache_staging ("
+    + ", ".join(f"{c.source} {c.staged_as}" for c in ENTRY_COLUMNS)
+    + ") ON COMMIT DROP"
+)
+COPY_STAGING = (
+    "COPY pgcache_staging (" + ", ".join(c.source for c in ENTRY_COLUMNS) + ") FROM STDIN WITH (FORMAT BINARY)"
+)
+UPSERT_STAGED = (
+    f"INSERT INTO pgcache_entries AS e ({_NAMES}) SELECT "
+    + ", ".join(c.value.format(c.source) for c in ENTRY_COLUMNS)
+    + f" FROM pgcache_staging ORDER BY exact_key {_REFRESH} RETURNING exact_key, id"
+)
 
 # -- the ledger ------------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from psycopg import sql
@@ -14,8 +14,16 @@ from . import queries
 from .connections import Database
 from .prices import cost
 
-COUNTS = ("lookups", "exact_hits", "semantic_hits", "misses", "bypasses", "errors",
-          "prompt_tokens_saved", "completion_tokens_saved")
+COUNTS = (
+    "lookups",
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "bypasses",
+    "errors",
+    "prompt_tokens_saved",
+    "completion_tokens_saved",
+)
 
 
 def build_report(
@@ -31,9 +39,14 @@ def build_report(
 
     ``since`` counts whole UTC days for the per-day figures (the views are daily).
     """
-    start = datetime.now(timezone.utc) - since if since is not None else None
-    params: dict[str, Any] = {"namespace": namespace, "model": model, "limit": limit,
-                              "day": start.date() if start else None, "at": start}
+    start = datetime.now(UTC) - since if since is not None else None
+    params: dict[str, Any] = {
+        "namespace": namespace,
+        "model": model,
+        "limit": limit,
+        "day": start.date() if start else None,
+        "at": start,
+    }
     with database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
         daily = cur.execute(_query(queries.REPORT_DAILY, "namespace", "model", "day"), params).fetchall()
         top = cur.execute(_query(queries.REPORT_TOP, "namespace", "model"), params).fetchall()
@@ -42,13 +55,16 @@ def build_report(
     models: dict[str, dict[str, Any]] = {}
     days: dict[date, dict[str, Any]] = {}
     for row in daily:
-        for bucket in (models.setdefault(row["model"], _empty(model=row["model"])),
-                       days.setdefault(row["day"], _empty(day=row["day"].isoformat()))):
-            for name in COUNTS + ("llm_ms_total", "timed_misses"):
+        for bucket in (
+            models.setdefault(row["model"], _empty(model=row["model"])),
+            days.setdefault(row["day"], _empty(day=row["day"].isoformat())),
+        ):
+            for name in (*COUNTS, "llm_ms_total", "timed_misses"):
                 bucket[name] += int(row[name] or 0) if name != "llm_ms_total" else float(row[name] or 0)
     for figures in models.values():
-        figures["dollars_saved"] = cost(prices, figures["model"], figures["prompt_tokens_saved"],
-                                        figures["completion_tokens_saved"])
+        figures["dollars_saved"] = cost(
+            prices, figures["model"], figures["prompt_tokens_saved"], figures["completion_tokens_saved"]
+        )
         # A hit saves about what a miss of the same model costs in LLM time.
         mean_llm_ms = figures["llm_ms_total"] / figures["timed_misses"] if figures["timed_misses"] else None
         hits = figures["exact_hits"] + figures["semantic_hits"]
@@ -93,5 +109,7 @@ def _finish(figures: dict[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, (date, datetime)) else str(v) if isinstance(v, uuid.UUID) else v
-            for k, v in row.items()}
+    return {
+        k: v.isoformat() if isinstance(v, (date, datetime)) else str(v) if isinstance(v, uuid.UUID) else v
+        for k, v in row.items()
+    }

@@ -6,9 +6,22 @@ import csv
 import io
 from typing import Any
 
-CSV_COLUMNS = ("model", "lookups", "exact_hits", "semantic_hits", "misses", "bypasses", "errors", "hit_rate",
-               "exact_hit_rate", "semantic_hit_rate", "prompt_tokens_saved", "completion_tokens_saved",
-               "dollars_saved", "llm_seconds_saved")
+CSV_COLUMNS = (
+    "model",
+    "lookups",
+    "exact_hits",
+    "semantic_hits",
+    "misses",
+    "bypasses",
+    "errors",
+    "hit_rate",
+    "exact_hit_rate",
+    "semantic_hit_rate",
+    "prompt_tokens_saved",
+    "completion_tokens_saved",
+    "dollars_saved",
+    "llm_seconds_saved",
+)
 BAR_WIDTH = 40
 
 
@@ -58,8 +71,11 @@ def render(report: dict[str, Any], console) -> None:
         rows.append(("semantic threshold", f"{threshold['value']:.4f} ({threshold['source']})"))
     if report.get("index"):
         index = report["index"]
-        advice = (f"; {index['rows']} vectors want {index['recommended_lists']}: run `pgcache reindex`"
-                  if index["needs_reindex"] else "")
+        advice = (
+            f"; {index['rows']} vectors want {index['recommended_lists']}: run `pgcache reindex`"
+            if index["needs_reindex"]
+            else ""
+        )
         rows.append(("vector index", f"{index['lists']} lists{advice}"))
     for name, value in rows:
         summary.add_row(name, str(value))
@@ -70,9 +86,14 @@ def render(report: dict[str, Any], console) -> None:
         for column in ("model", "requests", "hit rate", "tokens saved", "money saved", "LLM time saved"):
             per_model.add_column(column, justify="left" if column == "model" else "right")
         for m in report["models"]:
-            per_model.add_row(m["model"], str(m["lookups"]), _percent(m["hit_rate"]),
-                              str(m["prompt_tokens_saved"] + m["completion_tokens_saved"]),
-                              _dollars(m["dollars_saved"]), _seconds(m["llm_seconds_saved"]))
+            per_model.add_row(
+                m["model"],
+                str(m["lookups"]),
+                _percent(m["hit_rate"]),
+                str(m["prompt_tokens_saved"] + m["completion_tokens_saved"]),
+                _dollars(m["dollars_saved"]),
+                _seconds(m["llm_seconds_saved"]),
+            )
         console.print(per_model)
 
     if report["days"]:
@@ -90,8 +111,9 @@ def render(report: dict[str, Any], console) -> None:
         for column in ("id", "hits", "tokens saved", "model", "prompt"):
             top.add_column(column, justify="right" if column in ("id", "hits", "tokens saved") else "left")
         for e in report["top_entries"]:
-            top.add_row(str(e["entry_id"]), str(e["hit_count"]), str(e["tokens_saved"]), e["model"],
-                        _shorten(e["prompt"]))
+            top.add_row(
+                str(e["entry_id"]), str(e["hit_count"]), str(e["tokens_saved"]), e["model"], _shorten(e["prompt"])
+            )
         console.print(top)
 
     if report["near_misses"]:
@@ -99,8 +121,12 @@ def render(report: dict[str, Any], console) -> None:
         for column in ("similarity", "threshold", "prompt", "nearest entry"):
             near.add_column(column)
         for n in report["near_misses"]:
-            near.add_row(f"{n['similarity']:.3f}", f"{n['threshold']:.3f}", _shorten(n["prompt"]),
-                         _shorten(n["candidate_prompt"]))
+            near.add_row(
+                f"{n['similarity']:.3f}",
+                f"{n['threshold']:.3f}",
+                _shorten(n["prompt"]),
+                _shorten(n["candidate_prompt"]),
+            )
         console.print(near)
 
 

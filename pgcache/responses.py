@@ -29,13 +29,7 @@ def completion_dict(response: Any, model: str) -> dict[str, Any]:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": response},
-                    "finish_reason": "stop",
-                }
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": response}, "finish_reason": "stop"}],
         }
     if hasattr(response, "model_dump"):
         response = response.model_dump(mode="json", exclude_unset=True)

@@ -76,8 +76,12 @@ def replay_chunks(response: dict[str, Any], include_usage: bool = False) -> list
     """``ChatCompletionChunk`` objects that replay a stored completion."""
     from openai.types.chat import ChatCompletionChunk
 
-    base = {"id": response.get("id", "pgcache"), "object": "chat.completion.chunk",
-            "created": response.get("created", 0), "model": response.get("model", "")}
+    base = {
+        "id": response.get("id", "pgcache"),
+        "object": "chat.completion.chunk",
+        "created": response.get("created", 0),
+        "model": response.get("model", ""),
+    }
     if response.get("system_fingerprint"):
         base["system_fingerprint"] = response["system_fingerprint"]
     chunks = []
@@ -91,8 +95,9 @@ def replay_chunks(response: dict[str, Any], include_usage: bool = False) -> list
             delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
         index = choice.get("index", 0)
         chunks.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
-        chunks.append({**base, "choices": [{"index": index, "delta": {},
-                                            "finish_reason": choice.get("finish_reason") or "stop"}]})
+        chunks.append(
+            {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}]}
+        )
     if include_usage and response.get("usage"):
         chunks.append({**base, "choices": [], "usage": response["usage"]})
     return [ChatCompletionChunk.model_validate(chunk) for chunk in chunks]

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .config import Settings
 from .guard import rejects, select
 from .ledger import LookupRecord
 
@@ -118,12 +119,11 @@ class Verifier:
         return None
 
 
-def build_verifier(*, guard: bool, guard_rules: Sequence[str], sure_threshold: float,
-                   judge: Any = None) -> Verifier:
+def build_verifier(settings: Settings, judge: Any = None) -> Verifier:
     """The chain in force for a cache's settings: entry thresholds, then the guard, then the judge."""
     checks: list[Check] = [EntryThreshold()]
-    if guard and guard_rules:
-        checks.append(GuardRules(guard_rules))
+    if settings.guard and settings.guard_rules:
+        checks.append(GuardRules(settings.guard_rules))
     if judge is not None:
         checks.append(JudgeCheck(judge))
-    return Verifier(checks, sure_threshold)
+    return Verifier(checks, settings.sure_threshold)

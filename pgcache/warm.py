@@ -80,7 +80,10 @@ def detect_format(path: Path, text: str) -> str:
     first = next((line for line in text.splitlines() if line.strip() and not line.startswith("#")), "")
     if first.lstrip().startswith("{"):
         return "jsonl"
-    if Path(path).suffix.lower() == ".csv" or first.strip().lower().replace(" ", "") in ("prompt,response", "response,prompt"):
+    if Path(path).suffix.lower() == ".csv" or first.strip().lower().replace(" ", "") in (
+        "prompt,response",
+        "response,prompt",
+    ):
         return "csv"
     if "\t" in first:
         return "tsv"
@@ -141,8 +144,15 @@ def _parse_line(fmt: str, number: int, line: str, raw: str) -> WarmItem:
     return WarmItem(number, prompt.strip(), response.strip(), tuple(tags), obj.get("ttl"), namespace)
 
 
-def warm_file(cache: Any, file: Path | str, *, file_format: str | None = None, strict: bool = False,
-              progress: Callable[[int, int], None] | None = None, **options: Any) -> WarmResult:
+def warm_file(
+    cache: Any,
+    file: Path | str,
+    *,
+    file_format: str | None = None,
+    strict: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **options: Any,
+) -> WarmResult:
     """Read ``file``, parse it (format detected unless given) and :func:`warm` the cache from it.
 
     Lines that cannot be used are counted as failed, with ``FILE:LINE: reason``
@@ -180,13 +190,16 @@ def warm(
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise InvalidRequestError(f"concurrency must be a positive integer, got {concurrency!r}")
     result = WarmResult()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool, \
-            ThreadPoolExecutor(max_workers=BATCHES_IN_FLIGHT, thread_name_prefix="pgcache-warm") as batches:
+    with (
+        ThreadPoolExecutor(max_workers=concurrency) as pool,
+        ThreadPoolExecutor(max_workers=BATCHES_IN_FLIGHT, thread_name_prefix="pgcache-warm") as batches,
+    ):
         in_flight: deque[tuple[Future, int]] = deque()
         for start in range(0, len(items), batch_size):
-            batch = items[start:start + batch_size]
-            in_flight.append((batches.submit(_warm_one, cache, path, batch, model, ttl, tags, pool, replace,
-                                             dry_run), len(batch)))
+            batch = items[start : start + batch_size]
+            in_flight.append(
+                (batches.submit(_warm_one, cache, path, batch, model, ttl, tags, pool, replace, dry_run), len(batch))
+            )
             while len(in_flight) >= BATCHES_IN_FLIGHT or (in_flight and start + batch_size >= len(items)):
                 future, size = in_flight.popleft()
                 result.merge(future.result())
@@ -203,9 +216,12 @@ BATCHES_IN_FLIGHT = 2
 
 def _warm_one(cache, path, batch, model, ttl, tags, pool, replace, dry_run) -> WarmResult:
     result = WarmResult()
-    present = [False] * len(batch) if replace else cache.contains_many(
-        [(item.prompt, item.namespace) for item in batch], model)
-    todo = [item for item, here in zip(batch, present) if not here]
+    present = (
+        [False] * len(batch)
+        if replace
+        else cache.contains_many([(item.prompt, item.namespace) for item in batch], model)
+    )
+    todo = [item for item, here in zip(batch, present, strict=True) if not here]
     result.present += len(batch) - len(todo)
     if not dry_run and todo:
         _warm_batch(cache, path, todo, model, ttl, tags, pool, result)
@@ -220,9 +236,10 @@ def _warm_batch(cache, path, todo, model, ttl, tags, pool, result) -> None:
 
     def ask(item: WarmItem):
         return cache.llm.chat.completions.create(
-            model=model or cache.model, messages=[{"role": "user", "content": item.prompt}])
+            model=model or cache.model, messages=[{"role": "user", "content": item.prompt}]
+        )
 
-    for item, outcome in zip(questions, pool.map(_capture(ask), questions)):
+    for item, outcome in zip(questions, pool.map(_capture(ask), questions), strict=True):
         if isinstance(outcome, Exception):
             result.failed += 1
             result.errors.append(f"{path}:{item.line}: LLM call failed: {type(outcome).__name__}")
@@ -236,8 +253,14 @@ def _warm_batch(cache, path, todo, model, ttl, tags, pool, result) -> None:
         lifetime = ttl if item_ttl is None else item_ttl
         extra = {} if lifetime is None else {"ttl": lifetime}  # None: the cache's default TTL
         try:
-            cache.store_many([(item.prompt, answers[id(item)]) for item in group], model,
-                             tags=[*tags, *item_tags], namespace=namespace, source="warm", **extra)
+            cache.store_many(
+                [(item.prompt, answers[id(item)]) for item in group],
+                model,
+                tags=[*tags, *item_tags],
+                namespace=namespace,
+                source="warm",
+                **extra,
+            )
             result.added += len(group)
         except PgcacheError as exc:
             result.failed += len(group)
@@ -248,7 +271,7 @@ def _capture(function):
     def call(item):
         try:
             return function(item)
-        except Exception as exc:  # reported per line, the warm goes on
+        except Exception as exc:  # noqa: BLE001 - whatever the LLM client raises is reported for its line
             return exc
 
     return call
