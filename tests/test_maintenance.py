@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from pgcache import Cache, InvalidRequestError, PgcacheError
 from pgcache.cli import app
 from pgcache.maintenance import recommended_lists
-from pgcache.queries import SWEEP_LOCK_ID
+from pgcache.queries import EXACT_SEARCH_ROWS, SWEEP_LOCK_ID
 
 from .conftest import query
 
@@ -130,7 +130,8 @@ def test_reindex_retrains_lists_and_lookups_still_hit(cache, database_url):
 
 
 def test_recommended_lists_exact_while_small_then_twice_the_square_root():
-    assert [recommended_lists(n) for n in (0, 1_999, 2_000, 10_000, 100_000, 4_000_000)] == [1, 1, 89, 200, 632, 4000]
+    assert EXACT_SEARCH_ROWS == 500
+    assert [recommended_lists(n) for n in (0, 499, 500, 10_000, 100_000, 4_000_000)] == [1, 1, 45, 200, 632, 4000]
 
 
 def test_sweep_cli_rejects_bad_options(database_url):
@@ -181,8 +182,8 @@ def test_reindex_advice_policy():
     assert IndexStatus(rows=20_000, lists=1, recommended_lists=283).needs_reindex
     assert not IndexStatus(rows=20_000, lists=200, recommended_lists=283).needs_reindex
     assert IndexStatus(rows=20_000, lists=600, recommended_lists=283).needs_reindex
-    assert not IndexStatus(rows=1_999, lists=1, recommended_lists=1).needs_reindex, "small tables keep exact scans"
-    assert IndexStatus(rows=1_000, lists=89, recommended_lists=1).needs_reindex, "shrunk below 2,000: exact again"
+    assert not IndexStatus(rows=499, lists=1, recommended_lists=1).needs_reindex, "small tables keep exact scans"
+    assert IndexStatus(rows=400, lists=45, recommended_lists=1).needs_reindex, "shrunk below 500: exact again"
 
 
 class CheapEmbedder:
