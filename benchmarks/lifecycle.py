@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from pgcache import maintenance
-from pgcache.queries import EXACT_SEARCH_ROWS
 from pgcache.connections import Database
+from pgcache.queries import EXACT_SEARCH_ROWS
 
 from .context import EMBEDDER, MAIN, Context, LoadedTable, search_timings
 from .harness import Section, connect, copy_entries
