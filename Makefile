@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test bench bench-quick soak redis-server demo clean
+.PHONY: install test test-fast bench bench-quick soak redis-server demo clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# The suite without the tests marked slow, for the edit loop; `make test` (and CI) runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # Benchmarks write docs/benchmarks.md: `make bench` (full, ~15 min), `make bench-quick` (< 2 min),
 # or any options: `make bench BENCH_ARGS="--quick --only exact,semantic"`.

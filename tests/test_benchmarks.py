@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("exact", "semantic", "peers", "warm", "sweep", "concurrency", "lifecycle")
 

@@ -47,6 +47,7 @@ def test_fifty_threads_one_upstream_call(database_url, llm, fake):
     assert query(database_url, "SELECT count(*) FROM pgcache_inflight")[0][0] == 0, "the lease is released"
 
 
+@pytest.mark.slow
 def test_fifty_processes_one_upstream_call(database_url, fake, tmp_path):
     fake.chat_delay = 1.0
     go = tmp_path / "go"
