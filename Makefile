@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test lint bench bench-quick soak redis-server demo clean
+.PHONY: install test test-fast lint bench bench-quick soak redis-server demo clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,10 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest
+
+# The suite without the tests marked slow, for the edit loop; `make test` (and CI) runs everything.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
 
 # ruff (lint everywhere, format on the package) and mypy on the package; CI runs it before the tests.
 lint: install

@@ -2,14 +2,16 @@
 
 Worker threads share one application cache (chat) and one operations cache
 (warm, sweep, invalidate, reindex), as an application and its cron jobs would.
-Answers and embeddings come from a fake OpenAI-compatible server on 127.0.0.1
-started here, through the real ``openai`` SDK. The first namespace starts
-with ``--preload`` entries that never expire, so that lookups outgrow exact
-search and reindex trains real ivfflat lists. Without ``--database-url`` a
-private embedded PostgreSQL is started in a temporary directory and removed
-afterwards; with one (a scratch database: sweeps and reindexes act on the
-whole table), the run keeps its entries to namespaces of its own and deletes
-them and their ledger rows at the end.
+Answers and embeddings come from the test suite's fake OpenAI-compatible server
+(tests/fake_openai.py) on 127.0.0.1, started here, through the real ``openai``
+SDK. Its answers end with ``to: <the last message>``, as the warmed and
+preloaded answers here do, so that every stored answer can be matched to its
+prompt. The first namespace starts with ``--preload`` entries that never
+expire, so that lookups outgrow exact search and reindex trains real ivfflat
+lists. Without ``--database-url`` a private embedded PostgreSQL is started in a
+temporary directory and removed afterwards; with one (a scratch database:
+sweeps and reindexes act on the whole table), the run keeps its entries to
+namespaces of its own and deletes them and their ledger rows at the end.
 
 After the run the database is checked, and the exit status is 1 unless every
 kind of operation ran and each of these is zero: errors, deadlocks, duplicate
@@ -25,9 +27,6 @@ Example (from the repository root):
 from __future__ import annotations
 
 import argparse
-import base64
-import hashlib
-import json
 import logging
 import random
 import re
@@ -39,127 +38,29 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import openai
 import psycopg
+import pydantic
 from openai.types.chat import ChatCompletion
 
-from pgcache import Cache, PgcacheError, db, embedded
-from pgcache.embedders import OpenAIEmbedder
-from pgcache.warm import WarmItem, warm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pgcache and tests.fake_openai
+
+from pgcache import Cache, PgcacheError, db, embedded  # noqa: E402
+from pgcache.embedders import OpenAIEmbedder  # noqa: E402
+from pgcache.warm import WarmItem, warm  # noqa: E402
+from tests.fake_openai import FakeOpenAI  # noqa: E402
 
 KINDS = ("chat", "warm", "sweep", "invalidate", "reindex")
 WEIGHTS = (80, 6, 6, 5, 3)
 FEATURES = 40
 """Distinct topics of chat prompts; paraphrases of one topic embed close together."""
+TOPIC = re.compile(r"feature \d+")
+"""What makes texts one topic for the fake server: "feature 1" and "feature 10" are two."""
 NAMESPACES = 4
 READBACK_SAMPLE = 300
 DEADLOCK = "40P01"
-
-
-# -- the fake LLM ---------------------------------------------------------------
-
-class FakeLLM:
-    """Chat completions and embeddings on 127.0.0.1, enough for the openai SDK.
-
-    Every answer ends with ``to: <the last message>``, so a stored answer can be
-    matched to its prompt. Texts that mention the same ``feature N`` embed with
-    cosine similarity about 0.96 (a semantic hit), all others nearly
-    orthogonally. Embeddings are returned as base64 when asked, as the SDK does.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.calls = Counter()
-        self._topics: dict[str, np.ndarray] = {}
-        handler = type("Handler", (_Handler,), {"llm": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="fake-llm", daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}/v1"
-
-    def __enter__(self) -> FakeLLM:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def chat(self, body: dict) -> dict:
-        with self.lock:
-            self.calls["chat"] += 1
-            number = self.calls["chat"]
-        last = body["messages"][-1].get("content")
-        content = f"answer {number} to: {last}"
-        return {
-            "id": f"chatcmpl-soak-{number}", "object": "chat.completion", "created": 1_700_000_000,
-            "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 8, "total_tokens": 18},
-        }
-
-    def embeddings(self, body: dict) -> dict:
-        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        with self.lock:
-            self.calls["embeddings"] += 1
-        as_base64 = body.get("encoding_format") == "base64"
-        data = []
-        for index, text in enumerate(texts):
-            vector = self.vector(text)
-            data.append({"object": "embedding", "index": index,
-                         "embedding": base64.b64encode(vector.tobytes()).decode() if as_base64 else vector.tolist()})
-        return {"object": "list", "data": data, "model": body["model"],
-                "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}}
-
-    def vector(self, text: str) -> np.ndarray:
-        noise = _unit("text:" + text)
-        match = re.search(r"feature (\d+)", text)
-        if match is None:
-            return noise
-        topic = match.group(0)
-        with self.lock:
-            direction = self._topics.get(topic)
-            if direction is None:
-                direction = self._topics[topic] = _unit("topic:" + topic)
-        vector = direction + 0.2 * noise
-        return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
-def _unit(seed_text: str, dimensions: int = 1536) -> np.ndarray:
-    seed = int.from_bytes(hashlib.sha256(seed_text.encode()).digest()[:8], "little")
-    vector = np.random.default_rng(seed).standard_normal(dimensions)
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    llm: FakeLLM
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        if self.path.endswith("/chat/completions"):
-            status, payload = 200, self.llm.chat(body)
-        elif self.path.endswith("/embeddings"):
-            status, payload = 200, self.llm.embeddings(body)
-        else:
-            status, payload = 404, {"error": {"message": f"no route {self.path}"}}
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args) -> None:
-        pass  # keeps the soak's output readable
 
 
 # -- the workers ------------------------------------------------------------------
@@ -352,7 +253,7 @@ def unreadable_answers(url: str, check: Cache, namespaces: list[str], sample: in
     for entry_id, _, prompt, _, response in rows:
         try:
             content = ChatCompletion.model_validate(response).choices[0].message.content
-        except Exception as exc:
+        except (pydantic.ValidationError, IndexError) as exc:  # not a completion, or one without choices
             bad.append(f"#{entry_id}: response does not parse: {exc}")
             continue
         if not content or not content.endswith(f"to: {prompt}"):
@@ -392,7 +293,8 @@ def soak(url: str, namespaces: list[str], seconds: float, workers: int, progress
     """Run the workers for ``seconds``, check the database, print the summary; return the exit status."""
     warnings_seen = WarningCount()
     logging.getLogger("pgcache").addHandler(warnings_seen)
-    with FakeLLM() as llm_server:
+    with FakeOpenAI(record=False) as llm_server:
+        llm_server.topics = [TOPIC]
         llm = openai.OpenAI(base_url=llm_server.base_url, api_key="sk-soak-not-a-real-key", max_retries=0)
         embedder = OpenAIEmbedder(client=llm)
         # fail_open=False: a database error is an error of the operation here, not a quiet miss.

@@ -4,6 +4,9 @@ It serves ``/v1/chat/completions`` and ``/v1/embeddings`` well enough for the
 real ``openai`` SDK, counts every call, and makes embeddings whose geometry
 tests can control: texts that mention the same topic phrase land close
 together (cosine similarity about 0.96), all other texts are nearly orthogonal.
+A topic is a lower-case phrase, or a compiled regular expression whose match is
+the topic (``re.compile("feature [0-9]+")`` keeps "feature 1" and "feature 10"
+apart); either is looked for in the lower-cased text.
 """
 
 from __future__ import annotations
@@ -33,12 +36,21 @@ def _unit(seed_text: str, dimensions: int) -> np.ndarray:
 
 def fake_vector(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> np.ndarray:
     """Unit vector for ``text``: its topic's direction plus text-specific noise of norm ``noise``."""
-    lowered = text.lower()
-    topic = next((t for t in topics if t in lowered), None)
+    topic = _topic(text.lower(), topics)
     if topic is None:
         return _unit("text:" + text, dimensions)
     vector = _unit("topic:" + topic, dimensions) + noise * _unit("text:" + text, dimensions)
     return vector / np.linalg.norm(vector)
+
+
+def _topic(lowered: str, topics) -> str | None:
+    for topic in topics:
+        if isinstance(topic, re.Pattern):
+            if match := topic.search(lowered):
+                return match.group(0)
+        elif topic in lowered:
+            return topic
+    return None
 
 
 def fake_embedding(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noise: float = 0.2) -> list[float]:
@@ -49,8 +61,9 @@ def fake_embedding(text: str, topics=DEFAULT_TOPICS, dimensions: int = 1536, noi
 class FakeOpenAI:
     """The server and its counters; ``base_url`` is what an ``openai.OpenAI`` client needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, record: bool = True) -> None:
         self.topics = list(DEFAULT_TOPICS)
+        self.record = record  # keep every request's body, headers and texts; a long soak would only grow
         self.lock = threading.Lock()
         self.reset()
         handler = type("Handler", (_Handler,), {"fake": self})
@@ -70,6 +83,12 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> FakeOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
     def reset(self) -> None:
         with self.lock:
             self.calls = {"chat": 0, "embeddings": 0}
@@ -88,7 +107,8 @@ class FakeOpenAI:
         with self.lock:
             self.calls["chat"] += 1
             number = self.calls["chat"]
-            self.chat_requests.append(body)
+            if self.record:
+                self.chat_requests.append(body)
             fail, delay = self.fail_chat, self.chat_delay
         if delay:
             time.sleep(delay)
@@ -161,7 +181,8 @@ class FakeOpenAI:
         dimensions = body.get("dimensions") or 1536
         with self.lock:
             self.calls["embeddings"] += 1
-            self.embedded_texts.extend(texts)
+            if self.record:
+                self.embedded_texts.extend(texts)
             topics = tuple(self.topics)
         arrays = [fake_vector(t, topics, dimensions) for t in texts]
         if body.get("encoding_format") == "base64":  # what the SDK asks for unless told otherwise
@@ -181,8 +202,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
-        with self.fake.lock:
-            self.fake.headers.append(dict(self.headers))
+        if self.fake.record:
+            with self.fake.lock:
+                self.fake.headers.append(dict(self.headers))
         if self.path.endswith("/chat/completions"):
             status, payload = self.fake.chat(body)
             if status == 200 and body.get("stream"):

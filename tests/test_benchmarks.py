@@ -10,16 +10,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = ("exact", "semantic", "peers", "warm", "sweep", "concurrency", "lifecycle")
 
 
-def test_every_scenario_runs_at_toy_size(tmp_path):
-    output, data = tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """One toy-size run of every scenario: the parsed JSON results and the Markdown report."""
+    folder = tmp_path_factory.mktemp("toy")
+    output, data = folder / "benchmarks.md", folder / "benchmarks.json"
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--toy", "--output", str(output), "--json", str(data)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(data.read_text())
+    return json.loads(data.read_text()), output.read_text()
+
+
+def _peer_systems(results: dict) -> set[str]:
+    peers = next(section for section in results["sections"] if section["key"] == "peers")
+    return {row["system"] for table in peers["tables"] for row in table["rows"]}
+
+
+def test_every_scenario_runs_at_toy_size(toy_run):
+    results, text = toy_run
     assert [section["key"] for section in results["sections"]] == list(SCENARIOS)
     for section in results["sections"]:
         assert section["tables"], section["key"]
@@ -32,31 +48,29 @@ def test_every_scenario_runs_at_toy_size(tmp_path):
     assert any("single-flight" in v and v.startswith("met") for v in by_key["concurrency"]["verdicts"])
     recalls = [row["recall@1"] for table in by_key["semantic"]["tables"] for row in table["rows"] if "recall@1" in row]
     assert recalls and all(0 <= r <= 1 for r in recalls)
-    text = output.read_text()
     assert text.startswith("# Benchmarks") and "## Targets" in text and "## Machine and versions" in text
     for section in results["sections"]:
         assert f"## {section['title']}" in text
-    systems = {row["system"] for table in by_key["peers"]["tables"] for row in table["rows"]}
-    assert "pgcache" in systems
-    if shutil.which("redis-server") is None:
-        print("redis-server is not installed: the tutorial's Redis design was not exercised")
-    else:
-        assert "Redis, tutorial design" in systems
+    assert "pgcache" in _peer_systems(results)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None,
+                    reason="redis-server is not installed: the tutorial's Redis design is not exercised")
+def test_redis_baseline_runs_at_toy_size(toy_run):
+    results, _ = toy_run
+    assert "Redis, tutorial design" in _peer_systems(results)
 
 
 EVAL_DIR = REPO.parent / "shared" / "eval"
 
 
-def _eval_data_or_reason() -> bool:
-    if (EVAL_DIR / "banking77").is_dir():
-        return True
-    print(f"evaluation data not found in {EVAL_DIR}: the FAQ replay and threshold scripts were not run")
-    return False
+needs_eval_data = pytest.mark.skipif(
+    not (EVAL_DIR / "banking77").is_dir(),
+    reason=f"evaluation data not found in {EVAL_DIR}: the FAQ replay and threshold scripts are not run")
 
 
+@needs_eval_data
 def test_faq_replay_runs_at_toy_size(tmp_path):
-    if not _eval_data_or_reason():
-        return
     output = tmp_path / "semantic-quality.md"
     done = subprocess.run([sys.executable, "benchmarks/faq_replay.py", "--toy", "--eval-dir", str(EVAL_DIR),
                            "--output", str(output)], cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -69,9 +83,8 @@ def test_faq_replay_runs_at_toy_size(tmp_path):
     assert not re.search(r"\bnan\b", text.split("## Method")[1], re.IGNORECASE)
 
 
+@needs_eval_data
 def test_local_threshold_runs_at_toy_size():
-    if not _eval_data_or_reason():
-        return
     done = subprocess.run([sys.executable, "benchmarks/local_threshold.py", "--toy", "--eval-dir", str(EVAL_DIR)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -91,7 +91,7 @@ def test_stream_abandoned_half_way_stores_nothing(client, fake, database_url):
 def test_stream_broken_upstream_stores_nothing(client, fake, database_url):
     fake.break_stream_after = 4
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
-    with pytest.raises(Exception):
+    with pytest.raises(openai.APIConnectionError):  # the SDK's error for a connection dropped mid-stream
         list(stream)
     assert query(database_url, "SELECT count(*) FROM pgcache_entries")[0][0] == 0
     assert query(database_url, "SELECT count(*) FROM pgcache_inflight")[0][0] == 0

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pgcache import Cache, embedded
+from pgcache import Cache, DatabaseError, embedded
 from pgcache.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from pgcache.embedders import OpenAIEmbedder
 
@@ -51,7 +51,7 @@ def test_unreachable_database_costs_little_and_lookups_miss(llm, fake):
     assert cache.query("What is SQL injection?").content == "answer #1 to: What is SQL injection?"
     assert cache.lookup("What is SQL injection?") is None
     assert cache.breaker.skipped >= 1, "the second call skipped the dead database without trying it"
-    with pytest.raises(Exception):
+    with pytest.raises(DatabaseError):
         Cache("postgresql://pgcache@127.0.0.1:1/none", llm=llm, fail_open=False).lookup("q")
 
 

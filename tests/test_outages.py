@@ -41,6 +41,8 @@ from .conftest import (
 )
 from .fake_openai import fake_vector
 
+pytestmark = pytest.mark.slow
+
 TEMPLATE = "pgcache_outage_template"
 EMBEDDER = "openai/text-embedding-3-small"
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pgcache import embedded
 
 from .conftest import PGCACHE_SCRIPT
@@ -21,6 +23,7 @@ def quick_start() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_quick_start_runs_verbatim(tmp_path, local_embedder):
     # The default data directory lives under XDG_DATA_HOME; keep this run's server private.
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
@@ -37,6 +40,7 @@ def test_quick_start_runs_verbatim(tmp_path, local_embedder):
     assert lines[2] == "None"
 
 
+@pytest.mark.slow
 def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_path, local_embedder):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     for name in ("PGCACHE_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("chat", "warm", "sweep", "invalidate", "reindex")
 ZEROS = ("errors", "deadlocks", "duplicate exact keys", "unreadable answers", "lookups missing from the ledger",
