@@ -23,10 +23,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# ruff (lint everywhere, format on the package) and mypy on the package; CI runs it before the tests.
+# ruff (lint and format) on all the code, mypy on the package; CI runs it before the tests.
+LINTED := pgcache tests benchmarks scripts migrations examples
 lint: install
-	$(BIN)/ruff check pgcache tests benchmarks scripts migrations examples
-	$(BIN)/ruff format --check pgcache
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
 # Benchmarks write docs/benchmarks.md: `make bench` (full, ~15 min), `make bench-quick` (< 2 min),

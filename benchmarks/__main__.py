@@ -70,9 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(render(sections, environment, mode, total), encoding="utf-8")
     if args.json:
-        args.json.write_text(json.dumps({"mode": mode, "seconds": total, "environment": environment,
-                                         "sections": [s.as_dict() for s in sections]}, indent=2, default=str),
-                             encoding="utf-8")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "mode": mode,
+                    "seconds": total,
+                    "environment": environment,
+                    "sections": [s.as_dict() for s in sections],
+                },
+                indent=2,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
     print(f"[{total:6.1f}s] wrote {args.output}")
     return 0
 

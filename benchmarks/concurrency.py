@@ -40,8 +40,12 @@ def _traffic(url: str, base_url: str, worker: int, seconds: float, barrier, cach
     """One worker: the burst (every worker asks for the same keys at once), then mixed traffic."""
     own = cache is None
     if own:
-        cache = Cache(url, embedder=HashEmbedder(), llm=openai.OpenAI(base_url=base_url, api_key="sk-bench-unused",
-                                                                     max_retries=0), guard=False)
+        cache = Cache(
+            url,
+            embedder=HashEmbedder(),
+            llm=openai.OpenAI(base_url=base_url, api_key="sk-bench-unused", max_retries=0),
+            guard=False,
+        )
     try:
         barrier.wait()
         for key in range(BURST_KEYS):
@@ -74,12 +78,14 @@ def _process_main(url, base_url, worker, seconds, barrier, results) -> None:
 def run(context: Context) -> Section:
     seconds = context.sizes.concurrency_seconds
     section = Section(
-        "concurrency", "Concurrency: 8 threads, 8 processes",
+        "concurrency",
+        "Concurrency: 8 threads, 8 processes",
         f"Each worker first asks for the same {BURST_KEYS} new questions as every other worker at the same moment "
         f"(single-flight: one upstream call per key is the goal), then for {seconds:.0f}s sends chat requests: 80% "
         f"drawn from {HOT_PROMPTS} recurring questions (hits once asked), 20% new (misses: the fake LLM in another "
         f"process answers in {CHAT_DELAY * 1000:.0f} ms). Threads share one `Cache` (pool of 10 connections); "
-        "processes have one each. Embeddings come from a hash of the text, without a model.")
+        "processes have one each. Embeddings come from a hash of the text, without a model.",
+    )
     rows = []
     for kind in ("threads", "processes"):
         with context.server.database() as url, fake_llm_process(CHAT_DELAY) as base_url:
@@ -94,19 +100,34 @@ def run(context: Context) -> Section:
         hits = Timing([x for r in results for x in r["hit"]])
         miss = Timing([x for r in results for x in r["miss"]])
         burst_calls = calls - misses
-        rows.append({"workers": f"{WORKERS} {kind}", "requests/s": (len(hits.samples) + len(miss.samples)) / seconds,
-                     "hit p50 ms": hits.p50 / 1000, "hit p99 ms": hits.p99 / 1000,
-                     "miss p50 ms": miss.p50 / 1000, "miss p99 ms": miss.p99 / 1000,
-                     "burst upstream calls": burst_calls, "run s": elapsed})
-        section.target(f"single-flight with {WORKERS} {kind}: one upstream call per burst key",
-                       burst_calls == BURST_KEYS, f"{burst_calls} calls for {BURST_KEYS} keys x {WORKERS} workers")
+        rows.append(
+            {
+                "workers": f"{WORKERS} {kind}",
+                "requests/s": (len(hits.samples) + len(miss.samples)) / seconds,
+                "hit p50 ms": hits.p50 / 1000,
+                "hit p99 ms": hits.p99 / 1000,
+                "miss p50 ms": miss.p50 / 1000,
+                "miss p99 ms": miss.p99 / 1000,
+                "burst upstream calls": burst_calls,
+                "run s": elapsed,
+            }
+        )
+        section.target(
+            f"single-flight with {WORKERS} {kind}: one upstream call per burst key",
+            burst_calls == BURST_KEYS,
+            f"{burst_calls} calls for {BURST_KEYS} keys x {WORKERS} workers",
+        )
     section.table("Mixed traffic", rows)
     return section
 
 
 def _run_threads(url: str, base_url: str, seconds: float) -> list[dict]:
-    cache = Cache(url, embedder=HashEmbedder(), llm=openai.OpenAI(base_url=base_url, api_key="sk-bench-unused",
-                                                                 max_retries=0), guard=False)
+    cache = Cache(
+        url,
+        embedder=HashEmbedder(),
+        llm=openai.OpenAI(base_url=base_url, api_key="sk-bench-unused", max_retries=0),
+        guard=False,
+    )
     barrier = threading.Barrier(WORKERS)
     results: list[dict] = [{} for _ in range(WORKERS)]
 
@@ -128,8 +149,9 @@ def _run_processes(url: str, base_url: str, seconds: float) -> list[dict]:
     spawn = multiprocessing.get_context("spawn")
     barrier = spawn.Barrier(WORKERS)
     queue = spawn.Queue()
-    processes = [spawn.Process(target=_process_main, args=(url, base_url, w, seconds, barrier, queue))
-                 for w in range(WORKERS)]
+    processes = [
+        spawn.Process(target=_process_main, args=(url, base_url, w, seconds, barrier, queue)) for w in range(WORKERS)
+    ]
     for process in processes:
         process.start()
     results = [queue.get(timeout=300) for _ in processes]

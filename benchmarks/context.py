@@ -32,8 +32,9 @@ class Sizes:
 MODES = {
     "toy": Sizes(300, (800,), 30, 300, 2, 200, 500, 3_000, 1.0, (300, 600, 1_200)),
     "quick": Sizes(2_000, (10_000,), 200, 2_000, 1, 3_000, 5_000, 30_000, 2.0, (1_000, 3_000)),
-    "full": Sizes(20_000, (10_000, 100_000), 500, 10_000, 5, 20_000, 20_000, 100_000, 10.0,
-                  (1_000, 10_000, 30_000, 100_000)),
+    "full": Sizes(
+        20_000, (10_000, 100_000), 500, 10_000, 5, 20_000, 20_000, 100_000, 10.0, (1_000, 10_000, 30_000, 100_000)
+    ),
 }
 
 MAIN = Scope("main")
@@ -67,8 +68,15 @@ def load_table(context: Context, n: int, seed: int = 7) -> LoadedTable:
     expired = rng.random(n) < 0.05
     scopes = [MAIN if in_main[i] else SMALL_SCOPES[i % len(SMALL_SCOPES)] for i in range(n)]
     url = context.server.new_database()
-    copy_entries(url, ((scopes[i].key(f"question {i}"), scopes[i].namespace, f"answer {i}", data.entries[i],
-                        scopes[i].model) for i in range(n)), embedder=EMBEDDER, expired=expired)
+    copy_entries(
+        url,
+        (
+            (scopes[i].key(f"question {i}"), scopes[i].namespace, f"answer {i}", data.entries[i], scopes[i].model)
+            for i in range(n)
+        ),
+        embedder=EMBEDDER,
+        expired=expired,
+    )
     return LoadedTable(url, data, np.where(in_main & ~expired)[0])
 
 
@@ -77,6 +85,7 @@ def search_timings(database: Database, table: LoadedTable, queries: np.ndarray, 
     scope_key = scope.key("x").scope_key
     found: list[int] = []
     with database.connection() as conn:
+
         def lookup(i: int) -> None:
             row = find_nearest(conn, scope_key, EMBEDDER, queries[i])
             found.append(row.id - 1 if row else -1)

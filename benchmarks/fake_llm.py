@@ -29,11 +29,14 @@ def fake_llm_process(chat_delay: float = 0.0) -> Iterator[str]:
     from pathlib import Path
 
     repo = str(Path(__file__).resolve().parents[1])
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from tests.fake_openai import FakeOpenAI; "
-            "s = FakeOpenAI().start(); s.reset(); s.chat_delay = float(sys.argv[2]); print(s.base_url, flush=True); "
-            "sys.stdin.read()")
-    process = subprocess.Popen([sys.executable, "-c", code, repo, str(chat_delay)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); from tests.fake_openai import FakeOpenAI; "
+        "s = FakeOpenAI().start(); s.reset(); s.chat_delay = float(sys.argv[2]); print(s.base_url, flush=True); "
+        "sys.stdin.read()"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, repo, str(chat_delay)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         yield process.stdout.readline().strip()
     finally:

@@ -160,7 +160,7 @@ def embed_all(texts: set[str]) -> dict[str, np.ndarray]:
     embedder, ordered, vectors = LocalEmbedder(), sorted(texts, key=len), {}
     start = time.perf_counter()
     for i in range(0, len(ordered), 2000):
-        chunk = ordered[i:i + 2000]
+        chunk = ordered[i : i + 2000]
         vectors.update(zip(chunk, embed_texts(embedder, chunk), strict=True))
         print(f"  embedded {i + len(chunk):,}/{len(ordered):,} texts ({time.perf_counter() - start:.0f}s)", flush=True)
     return vectors
@@ -261,8 +261,11 @@ def main() -> int:
     parser.add_argument("--eval-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "eval")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "semantic-quality.md")
     parser.add_argument("--quick", action="store_true", help="smoke test: 300 queries per data set, 500 PAWS pairs")
-    parser.add_argument("--toy", action="store_true",
-                        help="the test suite's run: 40 queries, 400 training phrasings, 60 PAWS pairs per file")
+    parser.add_argument(
+        "--toy",
+        action="store_true",
+        help="the test suite's run: 40 queries, 400 training phrasings, 60 PAWS pairs per file",
+    )
     args = parser.parse_args()
     args.quick = args.quick or args.toy
     ev = args.eval_dir.resolve()
@@ -291,14 +294,23 @@ def main() -> int:
     b_sims, b_labels, n_cal = calibration_pairs(vec, b77_train, 5, 200 if args.toy else 1000 if args.quick else None)
     dev = paws(vec, paws_dev)
     dev_labels = dev.right.astype(int)
-    cal = {name: calibrate(sims, labels, TARGET_PRECISION) for name, sims, labels in (
-        ("PAWS dev + Banking77 train", np.r_[dev.sims, b_sims], np.r_[dev_labels, b_labels]),
-        ("PAWS dev alone", dev.sims, dev_labels), ("Banking77 train pairs alone", b_sims, b_labels))}
+    cal = {
+        name: calibrate(sims, labels, TARGET_PRECISION)
+        for name, sims, labels in (
+            ("PAWS dev + Banking77 train", np.r_[dev.sims, b_sims], np.r_[dev_labels, b_labels]),
+            ("PAWS dev alone", dev.sims, dev_labels),
+            ("Banking77 train pairs alone", b_sims, b_labels),
+        )
+    }
     calibrated = next(((name, s.threshold) for name, s in cal.items() if s is not None), None)
 
-    sets = {B1: replay(vec, b77_train, b77_test, 1), B5: replay(vec, b77_train, b77_test, 5),
-            C1: replay(vec, clinc_train, clinc_test, 1), C5: replay(vec, clinc_train, clinc_test, 5),
-            PAWS: paws(vec, paws_test)}
+    sets = {
+        B1: replay(vec, b77_train, b77_test, 1),
+        B5: replay(vec, b77_train, b77_test, 5),
+        C1: replay(vec, clinc_train, clinc_test, 1),
+        C5: replay(vec, clinc_train, clinc_test, 5),
+        PAWS: paws(vec, paws_test),
+    }
     rows = list(THRESHOLDS) + ([calibrated[1]] if calibrated else [])
     for c in sets.values():
         c.check(min(rows))
@@ -321,10 +333,14 @@ def main() -> int:
     sure = max(SURE_LEVELS, key=lambda s: (nets[s], s))  # ties: check more
 
     rec = f"kept rules, sure {sure:.2f}"
-    configs = {"guard off": (None, None), **{f"all rules, sure {s:.2f}": (s, RULE_NAMES) for s in SURE_LEVELS},
-               rec: (sure, kept)}
-    results = {(k, t, cfg): sets[k].score(sets[k].served(t, *configs[cfg]))
-               for k in sets for t in rows for cfg in configs}
+    configs = {
+        "guard off": (None, None),
+        **{f"all rules, sure {s:.2f}": (s, RULE_NAMES) for s in SURE_LEVELS},
+        rec: (sure, kept),
+    }
+    results = {
+        (k, t, cfg): sets[k].score(sets[k].served(t, *configs[cfg])) for k in sets for t in rows for cfg in configs
+    }
 
     def wrong(k, t, cfg="guard off"):  # formatted wrong share of hits
         return pct(share(*results[(k, t, cfg)]))
@@ -345,9 +361,14 @@ def main() -> int:
     # ---- the report ----
     tables = ""
     for k, c in sets.items():
-        body = [[f"{t:.2f}" if t in THRESHOLDS else f"{t:.3f} (calibrated)"] + [
-            f"{pct(r / c.positives)} / " + ("" if k == PAWS else f"{pct(w / c.positives)} / ") + pct(share(r, w))
-            for r, w in (results[(k, t, cfg)] for cfg in configs)] for t in rows]
+        body = [
+            [f"{t:.2f}" if t in THRESHOLDS else f"{t:.3f} (calibrated)"]
+            + [
+                f"{pct(r / c.positives)} / " + ("" if k == PAWS else f"{pct(w / c.positives)} / ") + pct(share(r, w))
+                for r, w in (results[(k, t, cfg)] for cfg in configs)
+            ]
+            for t in rows
+        ]
         tables += f"\n### {k}\n\n" + table(["threshold", *configs], body) + "\n"
     ablation_rows = []
     for r in [*RULE_NAMES, "all rules", "kept rules"]:
@@ -357,18 +378,24 @@ def main() -> int:
         ablation_rows.append([r, *cells, verdict])
     kept_note = f"Kept: {', '.join(kept) or 'none'}."
     if kept:
-        kept_note += " Wrong hits minus right hits the kept rules remove, by sure level: " + ", ".join(
-            f"{s:.2f}: {n:+,}" for s, n in nets.items()) + "."
+        kept_note += (
+            " Wrong hits minus right hits the kept rules remove, by sure level: "
+            + ", ".join(f"{s:.2f}: {n:+,}" for s, n in nets.items())
+            + "."
+        )
     for r in (r for r in RULE_NAMES if total(ablation[r])[0] == 0):
-        kept_note += (f" {r.capitalize()} removes no wrong hit here and fires on only {sum(total(ablation[r])):,} "
-                      "served pairs; the data give no evidence for it either way, only the example pairs below do.")
+        kept_note += (
+            f" {r.capitalize()} removes no wrong hit here and fires on only {sum(total(ablation[r])):,} "
+            "served pairs; the data give no evidence for it either way, only the example pairs below do."
+        )
     example_rows = []
     for a, b in EXAMPLE_PAIRS:
         sim = float(cosine(vec([a]), vec([b]))[0, 0])
         full, part = guard.rejects(a, b), guard.rejects(a, b, {r: guard.RULES[r] for r in kept})
         served = sim >= op and (sim >= sure or part is None)
-        example_rows.append([f"“{a}” / “{b}”", f"{sim:.3f}", full or "passes", part or "passes",
-                             "yes" if served else "no"])
+        example_rows.append(
+            [f"“{a}” / “{b}”", f"{sim:.3f}", full or "passes", part or "passes", "yes" if served else "no"]
+        )
 
     leftovers = []
     for k in (B5, C5):
@@ -382,44 +409,81 @@ def main() -> int:
 
     k1_wrong = sum(results[(k, op, rec)][1] for k in (B1, C1))
     recommendations = [
-        f"- Rules: {', '.join(kept)}; drop the others: none removes twice as many wrong hits as right ones." if kept
+        f"- Rules: {', '.join(kept)}; drop the others: none removes twice as many wrong hits as right ones."
+        if kept
         else "- Rules: none removes twice as many wrong hits as right ones here, so leave the guard off.",
-        f"- Sure level: {sure:.2f}" + (" (the guard checks every candidate; it costs microseconds)." if sure > 1
-                                        else ".") if kept else "- Sure level: not applicable with no rules.",
-        f"- Operating point: threshold {op:.2f}, " + (
+        f"- Sure level: {sure:.2f}"
+        + (" (the guard checks every candidate; it costs microseconds)." if sure > 1 else ".")
+        if kept
+        else "- Sure level: not applicable with no rules.",
+        f"- Operating point: threshold {op:.2f}, "
+        + (
             f"the lowest tested at which both K=5 replays keep wrong hits at or below 2% ({at(op, rec, (B5, C5))}), at "
             f"a right-hit rate of {rate(B5, op, rec)}% on Banking77 K=5 and {rate(C5, op, rec)}% on CLINC150 K=5. With "
             f"one phrasing per intent: {at(op, rec, (B1, C1))} ({k1_wrong} wrong hit{'s' * (k1_wrong != 1)} in all)."
-            if ok else "the highest tested; none meets 2% on both K=5 replays."),
+            if ok
+            else "the highest tested; none meets 2% on both K=5 replays."
+        ),
         f"- The 2% goal is {'met' if goal_met else 'not met'} there: PAWS stays at {wrong(PAWS, op, rec)}% wrong. A "
         f"deployment that prefers hit rate can keep 0.82 and accept {wrong(B5, 0.82, rec)}% wrong hits on "
         "Banking77-like traffic.",
     ]
     replays_verdict = (
         f"The K=5 replays meet the goal from threshold {op:.2f} ({rec}): {at(op, rec, (B5, C5))}; the Banking77 K=5 "
-        f"right-hit rate falls from {rate(B5, 0.82)}% to {rate(B5, op, rec)}%." if ok
-        else "No tested threshold brings both K=5 replays to 2%.")
+        f"right-hit rate falls from {rate(B5, 0.82)}% to {rate(B5, op, rec)}%."
+        if ok
+        else "No tested threshold brings both K=5 replays to 2%."
+    )
     report = REPORT.format(
         quick="\n> **Quick run (smoke test on a subset); these numbers are not the results.**\n" if args.quick else "",
-        verdict="Met" if goal_met else "Not met", at_default=at(0.82, "guard off"), replays_verdict=replays_verdict,
-        paws_min=pct(min(paws_shares)), paws_max=pct(max(paws_shares)), n_b77=len(b77_test), n_clinc=len(clinc_test),
-        n_oos=sum(r["intent"] == OOS for r in clinc_test), n_paws=len(sets[PAWS].pairs),
-        n_paws_pos=sets[PAWS].positives, n_dev=len(dev.pairs), n_cal=n_cal, flag=" --quick" if args.quick else "",
+        verdict="Met" if goal_met else "Not met",
+        at_default=at(0.82, "guard off"),
+        replays_verdict=replays_verdict,
+        paws_min=pct(min(paws_shares)),
+        paws_max=pct(max(paws_shares)),
+        n_b77=len(b77_test),
+        n_clinc=len(clinc_test),
+        n_oos=sum(r["intent"] == OOS for r in clinc_test),
+        n_paws=len(sets[PAWS].pairs),
+        n_paws_pos=sets[PAWS].positives,
+        n_dev=len(dev.pairs),
+        n_cal=n_cal,
+        flag=" --quick" if args.quick else "",
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        n_texts=len(texts), embed_s=embed_seconds, total_s=elapsed, tables=tables,
-        calibration="\n".join(f"- {name}: " + (
-            f"threshold {s.threshold:.3f} (precision {s.precision:.3f}, lower bound {s.precision_lower:.3f}, recall "
-            f"{s.recall:.3f})" if s else "no threshold reaches the target") for name, s in cal.items())
+        n_texts=len(texts),
+        embed_s=embed_seconds,
+        total_s=elapsed,
+        tables=tables,
+        calibration="\n".join(
+            f"- {name}: "
+            + (
+                f"threshold {s.threshold:.3f} (precision {s.precision:.3f}, "
+                f"lower bound {s.precision_lower:.3f}, recall {s.recall:.3f})"
+                if s
+                else "no threshold reaches the target"
+            )
+            for name, s in cal.items()
+        )
         + (f"\n\nThe calibrated rows use {calibrated[0]}." if calibrated else "\n\nNo calibration found a threshold."),
         base="; ".join(f"{k} {r:,} right, {w:,} wrong" for k, (r, w) in base.items()),
         ablation=table(["rule", *(f"{k} buys / costs" for k in GOAL_SETS), "total", "verdict"], ablation_rows),
         kept_note=kept_note,
-        examples=table(["pair", "similarity", "guard (all rules)", "guard (kept rules)", f"served at {op:.2f}, {rec}"],
-                       example_rows),
-        b5_rate_82=rate(B5, 0.82), b5_wrong_82=wrong(B5, 0.82), b5_rate_92=rate(B5, 0.92), b5_wrong_92=wrong(B5, 0.92),
-        b1_rate_82=rate(B1, 0.82), op=f"{op:.2f}", rec=rec, oos_82=oos_hits(0.82), oos_op=oos_hits(op, sure, kept),
+        examples=table(
+            ["pair", "similarity", "guard (all rules)", "guard (kept rules)", f"served at {op:.2f}, {rec}"],
+            example_rows,
+        ),
+        b5_rate_82=rate(B5, 0.82),
+        b5_wrong_82=wrong(B5, 0.82),
+        b5_rate_92=rate(B5, 0.92),
+        b5_wrong_92=wrong(B5, 0.92),
+        b1_rate_82=rate(B1, 0.82),
+        op=f"{op:.2f}",
+        rec=rec,
+        oos_82=oos_hits(0.82),
+        oos_op=oos_hits(op, sure, kept),
         leftovers=table(["replay", "similarity", "query", "served phrasing"], leftovers) if leftovers else "None.",
-        recommendations="\n".join(recommendations))
+        recommendations="\n".join(recommendations),
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     print(f"wrote {args.output} ({elapsed:.0f}s)")

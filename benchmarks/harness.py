@@ -57,8 +57,7 @@ class Timing:
         return max(self.samples) if self.samples else float("nan")
 
     def summary(self) -> dict[str, float]:
-        return {"n": len(self.samples), "p50_us": self.p50, "p90_us": self.p90, "p99_us": self.p99,
-                "max_us": self.max}
+        return {"n": len(self.samples), "p50_us": self.p50, "p90_us": self.p90, "p99_us": self.p99, "max_us": self.max}
 
 
 def measure(operation: Callable[[int], Any], count: int, warmup: int = 0) -> Timing:
@@ -93,9 +92,15 @@ class Section:
         self.verdicts.append(f"{'met' if met else 'MISSED'}: {goal} (measured {measured})")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "workload": self.workload,
-                "tables": [{"caption": c, "rows": r} for c, r in self.tables],
-                "verdicts": self.verdicts, "notes": self.notes, "seconds": self.seconds}
+        return {
+            "key": self.key,
+            "title": self.title,
+            "workload": self.workload,
+            "tables": [{"caption": c, "rows": r} for c, r in self.tables],
+            "verdicts": self.verdicts,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
 
 
 class Server:
@@ -111,8 +116,9 @@ class Server:
             if tune:
                 with psycopg.connect(url, autocommit=True) as conn:
                     for name, value in SERVER_SETTINGS.items():
-                        conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name),
-                                                                               sql.Literal(value)))
+                        conn.execute(
+                            sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+                        )
                 embedded.stop(self._data_dir)
                 url = embedded.start(self._data_dir)
             self.admin_url = url
@@ -126,9 +132,12 @@ class Server:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             version = conn.execute("SHOW server_version").fetchone()[0]
             vector = conn.execute(
-                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'").fetchone()[0]
-            shown = {name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
-                     for name in ("shared_buffers", "work_mem", "maintenance_work_mem", "synchronous_commit")}
+                "SELECT default_version FROM pg_available_extensions WHERE name = 'vector'"
+            ).fetchone()[0]
+            shown = {
+                name: conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]
+                for name in ("shared_buffers", "work_mem", "maintenance_work_mem", "synchronous_commit")
+            }
         return {"PostgreSQL": version.split()[0], "pgvector extension": vector, **shown}
 
     def new_database(self) -> str:
@@ -143,7 +152,8 @@ class Server:
             statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
             if template:
                 statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                    sql.Identifier(name), sql.Identifier(template))
+                    sql.Identifier(name), sql.Identifier(template)
+                )
             conn.execute(statement)
         return _url_with_database(self.admin_url, name)
 
@@ -208,21 +218,41 @@ def copy_entries(
     separately (the warm scenario).
     """
     count = 0
-    with connect(url) as conn, conn.cursor() as cur, cur.copy(
-        "COPY pgcache_entries (namespace, exact_key, scope_key, model, embedder, prompt, request, response,"
-        " embedding, source, expires_at) FROM STDIN WITH (FORMAT BINARY)"
-    ) as copy:
-        copy.set_types(["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector",
-                        "text", "timestamptz"])
+    with (
+        connect(url) as conn,
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY pgcache_entries (namespace, exact_key, scope_key, model, embedder, prompt, request, response,"
+            " embedding, source, expires_at) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy,
+    ):
+        copy.set_types(
+            ["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector", "text", "timestamptz"]
+        )
         past = datetime.now(UTC) - timedelta(hours=1)
         for i, (key, namespace, answer, vector, model) in enumerate(rows):
-            response = {"id": f"chatcmpl-bench-{i}", "object": "chat.completion", "created": 1_700_000_000,
-                        "model": model,
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                     "finish_reason": "stop"}]}
-            copy.write_row((namespace, key.exact_key, key.scope_key, model,
-                            embedder if vector is not None else None, key.prompt, Jsonb(key.request),
-                            Jsonb(response), vector, "warm", past if expired is not None and expired[i] else None))
+            response = {
+                "id": f"chatcmpl-bench-{i}",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            }
+            copy.write_row(
+                (
+                    namespace,
+                    key.exact_key,
+                    key.scope_key,
+                    model,
+                    embedder if vector is not None else None,
+                    key.prompt,
+                    Jsonb(key.request),
+                    Jsonb(response),
+                    vector,
+                    "warm",
+                    past if expired is not None and expired[i] else None,
+                )
+            )
             count += 1
     return count
 
@@ -256,6 +286,12 @@ def machine() -> dict[str, str]:
     if redis:
         out = subprocess.run([redis, "--version"], capture_output=True, text=True).stdout
         redis_version = next((part[2:] for part in out.split() if part.startswith("v=")), out.strip())
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "memory": memory, "os": platform.platform(),
-            "python": platform.python_version(), "redis-server": redis_version or "not installed",
-            **{f"{name}": version for name, version in versions.items()}}
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory": memory,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "redis-server": redis_version or "not installed",
+        **{f"{name}": version for name, version in versions.items()},
+    }

@@ -17,12 +17,14 @@ def run(context: Context) -> Section:
     steps = context.sizes.lifecycle_entries
     queries_per_step = min(200, context.sizes.semantic_queries)
     section = Section(
-        "lifecycle", "Index lifecycle",
+        "lifecycle",
+        "Index lifecycle",
         f"One scope grows {' -> '.join(f'{n:,}' for n in steps)} entries by inserts (clustered 1536-d vectors, new "
         "phrasings spread over every intent). At each size the paraphrase queries of the semantic scenario are "
         "timed with the index as it was last trained (at the previous size; at the first size: pgcache's initial "
         "one-list index, i.e. exact search), then again after `pgcache reindex` with pgcache's policy "
-        f"(1 list below {EXACT_SEARCH_ROWS:,} rows, else 2 x sqrt(rows); probes = max(2, ceil(sqrt(lists) / 8))).")
+        f"(1 list below {EXACT_SEARCH_ROWS:,} rows, else 2 x sqrt(rows); probes = max(2, ceil(sqrt(lists) / 8))).",
+    )
     data = ClusteredVectors(max(steps), seed=11)
     url = context.server.new_database()
     database = Database(url, max_size=2, statement_timeout=120)
@@ -30,8 +32,14 @@ def run(context: Context) -> Section:
     try:
         loaded = 0
         for n in steps:
-            copy_entries(url, ((MAIN.key(f"question {i}"), MAIN.namespace, f"answer {i}", data.entries[i], MAIN.model)
-                               for i in range(loaded, n)), embedder=EMBEDDER)
+            copy_entries(
+                url,
+                (
+                    (MAIN.key(f"question {i}"), MAIN.namespace, f"answer {i}", data.entries[i], MAIN.model)
+                    for i in range(loaded, n)
+                ),
+                embedder=EMBEDDER,
+            )
             loaded = n
             with connect(url) as conn:
                 conn.execute("ANALYZE pgcache_entries")
@@ -41,11 +49,20 @@ def run(context: Context) -> Section:
             stale, stale_recall = search_timings(database, table, queries)
             result = maintenance.reindex(database)
             fresh, fresh_recall = search_timings(database, table, queries)
-            rows.append({"entries": n, "trained for (lists)": before.lists, "as trained: p50 ms": stale.p50 / 1000,
-                         "p99 ms": stale.p99 / 1000, "recall@1": stale_recall,
-                         "retrained lists": result.after.lists, "reindex s": result.seconds,
-                         "retrained: p50 ms": fresh.p50 / 1000, "p99 ms ": fresh.p99 / 1000,
-                         "recall@1 ": fresh_recall})
+            rows.append(
+                {
+                    "entries": n,
+                    "trained for (lists)": before.lists,
+                    "as trained: p50 ms": stale.p50 / 1000,
+                    "p99 ms": stale.p99 / 1000,
+                    "recall@1": stale_recall,
+                    "retrained lists": result.after.lists,
+                    "reindex s": result.seconds,
+                    "retrained: p50 ms": fresh.p50 / 1000,
+                    "p99 ms ": fresh.p99 / 1000,
+                    "recall@1 ": fresh_recall,
+                }
+            )
     finally:
         database.close()
         context.server.drop(url)
@@ -54,7 +71,8 @@ def run(context: Context) -> Section:
         f"Policy: exact search (one list) while the table is under {EXACT_SEARCH_ROWS:,} rows, where comparing "
         "every vector still costs a few milliseconds; 2 x sqrt(rows) lists above, retrained by `pgcache warm` and "
         "`pgcache sweep` whenever the table has doubled or halved since training, which keeps a lookup's cost "
-        "near what the retrained column shows; probes grow with sqrt(lists) so recall holds as lists multiply.")
+        "near what the retrained column shows; probes grow with sqrt(lists) so recall holds as lists multiply."
+    )
     return section
 
 

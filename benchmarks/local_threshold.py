@@ -90,12 +90,12 @@ def faq_curve(model, train, test, q_emb: np.ndarray, k: int) -> dict[str, np.nda
     """
     cache = first_k_per_intent(train, k)
     c_emb = embed(model, [r["text"] for r in cache])
-    sims = q_emb @ c_emb.T                       # (queries, cached entries)
+    sims = q_emb @ c_emb.T  # (queries, cached entries)
     best = sims.argmax(axis=1)
     best_sim = sims[np.arange(len(test)), best]
     c_intent = np.array([r["intent"] for r in cache])
     q_intent = np.array([r["intent"] for r in test])
-    correct = c_intent[best] == q_intent         # never true for oos queries
+    correct = c_intent[best] == q_intent  # never true for oos queries
 
     hit = best_sim[None, :] >= THRESHOLDS[:, None]  # (thresholds, queries)
     right = (hit & correct).sum(axis=1)
@@ -130,8 +130,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", type=Path, default=default_eval)
     parser.add_argument("--model", default=None, help="model folder or name (offline)")
-    parser.add_argument("--toy", action="store_true",
-                        help="the test suite's run: 400 training phrasings, 40 queries, 60 PAWS pairs")
+    parser.add_argument(
+        "--toy", action="store_true", help="the test suite's run: 400 training phrasings, 40 queries, 60 PAWS pairs"
+    )
     args = parser.parse_args()
     train, test, pairs = (400, 40, 60) if args.toy else (None, None, None)
     eval_dir = args.eval_dir.resolve()
@@ -156,8 +157,10 @@ def main() -> int:
     paws = paws_curve(model, read_csv(eval_dir / "paws_wiki" / "test.csv", pairs))
 
     n_oos = sum(r["intent"] == OOS for r in clinc_test)
-    print(f"Banking77: {len(b77_test)} test queries; CLINC150: {len(clinc_test)} test queries "
-          f"({n_oos} oos); PAWS test: {paws['n']} pairs (a != b)")
+    print(
+        f"Banking77: {len(b77_test)} test queries; CLINC150: {len(clinc_test)} test queries "
+        f"({n_oos} oos); PAWS test: {paws['n']} pairs (a != b)"
+    )
     print("hit = right hits/queries, wrong = wrong hits/queries, prec = right/(right+wrong)\n")
     head = "thr  | " + " | ".join(f"{name:^18}" for name in curves) + " |   PAWS"
     sub = "     | " + " | ".join(" hit  wrong  prec " for _ in curves) + " | prec  rec"
@@ -173,19 +176,28 @@ def main() -> int:
     ok = (b77["prec"] >= TARGET_PRECISION) & (clinc["prec"] >= TARGET_PRECISION)
     print()
     if not ok.any():
-        print(f"No threshold in {THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} reaches precision "
-              f">= {TARGET_PRECISION} on both Banking77 K=5 and CLINC150 K=5.")
+        print(
+            f"No threshold in {THRESHOLDS[0]:.2f}..{THRESHOLDS[-1]:.2f} reaches precision "
+            f">= {TARGET_PRECISION} on both Banking77 K=5 and CLINC150 K=5."
+        )
     else:
         i = int(np.argmax(ok))
         stays = bool(ok[i:].all())
-        print(f"Recommended default threshold: {THRESHOLDS[i]:.2f} "
-              f"(lowest with precision >= {TARGET_PRECISION} on Banking77 K=5 and CLINC150 K=5; "
-              f"{'holds' if stays else 'does NOT hold'} at every higher threshold tested)")
+        print(
+            f"Recommended default threshold: {THRESHOLDS[i]:.2f} "
+            f"(lowest with precision >= {TARGET_PRECISION} on Banking77 K=5 and CLINC150 K=5; "
+            f"{'holds' if stays else 'does NOT hold'} at every higher threshold tested)"
+        )
         for name, c in curves.items():
-            extra = (f", in-scope hit {c['in_scope_hit'][i]:.3f}, oos queries hit {c['oos_hit'][i]:.3f}"
-                     if name.startswith("CLINC") else "")
-            print(f"  {name:<10} precision {c['prec'][i]:.3f}, hit rate {c['hit'][i]:.3f}, "
-                  f"wrong-hit rate {c['wrong'][i]:.3f}{extra}")
+            extra = (
+                f", in-scope hit {c['in_scope_hit'][i]:.3f}, oos queries hit {c['oos_hit'][i]:.3f}"
+                if name.startswith("CLINC")
+                else ""
+            )
+            print(
+                f"  {name:<10} precision {c['prec'][i]:.3f}, hit rate {c['hit'][i]:.3f}, "
+                f"wrong-hit rate {c['wrong'][i]:.3f}{extra}"
+            )
         print(f"  PAWS       precision {paws['prec'][i]:.3f}, recall {paws['recall'][i]:.3f}")
 
     print("\nExample pairs (cosine similarity):")

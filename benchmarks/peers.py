@@ -29,8 +29,7 @@ class RedisTutorialCache:
         self.redis = client
 
     def put(self, i: int, prompt: str, answer: str, vector: np.ndarray) -> None:
-        self.redis.set(f"cache:{i}", json.dumps({"prompt": prompt, "response": answer,
-                                                 "embedding": vector.tolist()}))
+        self.redis.set(f"cache:{i}", json.dumps({"prompt": prompt, "response": answer, "embedding": vector.tolist()}))
 
     def get(self, vector: np.ndarray, threshold: float) -> str | None:
         best, best_similarity = None, -1.0
@@ -55,8 +54,10 @@ def redis_server():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="pgcache-bench-redis-")
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )
     client = redis.Redis(host="127.0.0.1", port=port)
     try:
         for _ in range(100):
@@ -81,11 +82,17 @@ def _gptcache(vectors_by_text: dict[str, np.ndarray], workdir: str, threshold: f
     from gptcache.similarity_evaluation.distance import SearchDistanceEvaluation
 
     cache = GPTCache()
-    manager = get_data_manager(CacheBase("sqlite", sql_url=f"sqlite:///{workdir}/gptcache.db"),
-                               VectorBase("faiss", dimension=1536, index_path=f"{workdir}/faiss.index"))
-    cache.init(pre_embedding_func=get_prompt, embedding_func=lambda text, **_: vectors_by_text[text],
-               data_manager=manager, similarity_evaluation=SearchDistanceEvaluation(),
-               config=Config(similarity_threshold=threshold))
+    manager = get_data_manager(
+        CacheBase("sqlite", sql_url=f"sqlite:///{workdir}/gptcache.db"),
+        VectorBase("faiss", dimension=1536, index_path=f"{workdir}/faiss.index"),
+    )
+    cache.init(
+        pre_embedding_func=get_prompt,
+        embedding_func=lambda text, **_: vectors_by_text[text],
+        data_manager=manager,
+        similarity_evaluation=SearchDistanceEvaluation(),
+        config=Config(similarity_threshold=threshold),
+    )
     return cache
 
 
@@ -93,13 +100,15 @@ def run(context: Context) -> Section:
     sizes = context.sizes
     n = sizes.peer_entries
     section = Section(
-        "peers", "Peers on the same data and queries",
+        "peers",
+        "Peers on the same data and queries",
         f"{n:,} entries of the clustered 1536-d data in one scope, the same paraphrase (hit) and novel (miss) "
         "queries for every system, embeddings precomputed for all of them (no model in the timings). "
         "pgcache: `Cache.lookup()` (exact tier, then semantic, ledger included). The tutorial's design: "
         "Redis (Debian's redis-server on loopback), one JSON value per entry holding its embedding, a lookup "
         "scanning every key and computing cosine in numpy (benchmarks/peers.py). GPTCache: SQLite + faiss "
-        "(flat L2 index over unit vectors), `gptcache.adapter.api.get`.")
+        "(flat L2 index over unit vectors), `gptcache.adapter.api.get`.",
+    )
     data = ClusteredVectors(n, seed=21)
     count = min(sizes.semantic_queries, 200)
     paraphrases, _ = data.paraphrases(count)
@@ -107,8 +116,11 @@ def run(context: Context) -> Section:
     threshold = 0.9
     rows = []
     with context.server.database() as url:
-        copy_entries(url, ((MAIN.key(f"question {i}"), MAIN.namespace, f"answer {i}", data.entries[i], MAIN.model)
-                           for i in range(n)), embedder=EMBEDDER)
+        copy_entries(
+            url,
+            ((MAIN.key(f"question {i}"), MAIN.namespace, f"answer {i}", data.entries[i], MAIN.model) for i in range(n)),
+            embedder=EMBEDDER,
+        )
         database = Database(url, max_size=1, statement_timeout=120)
         try:
             maintenance.reindex(database)
@@ -117,18 +129,28 @@ def run(context: Context) -> Section:
         with connect(url) as conn:
             conn.execute("VACUUM ANALYZE pgcache_entries")
         embedder = PrecomputedEmbedder()
-        with Cache(url, embedder=embedder, threshold=threshold, guard=False, namespace=MAIN.namespace,
-                   model=MAIN.model) as cache:
+        with Cache(
+            url, embedder=embedder, threshold=threshold, guard=False, namespace=MAIN.namespace, model=MAIN.model
+        ) as cache:
             hits = 0
             for label, queries in (("paraphrase (hit)", paraphrases), ("novel (miss)", novel)):
+
                 def lookup(i: int, queries=queries, label=label) -> None:
                     nonlocal hits
                     embedder.next = queries[i]
                     hits += cache.lookup(MAIN.messages(f"{label} {i}")) is not None
 
                 timing = measure(lookup, len(queries), warmup=5)
-                rows.append({"system": "pgcache", "queries": label, "n": len(timing.samples),
-                             "p50 ms": timing.p50 / 1000, "p99 ms": timing.p99 / 1000, "max ms": timing.max / 1000})
+                rows.append(
+                    {
+                        "system": "pgcache",
+                        "queries": label,
+                        "n": len(timing.samples),
+                        "p50 ms": timing.p50 / 1000,
+                        "p99 ms": timing.p99 / 1000,
+                        "max ms": timing.max / 1000,
+                    }
+                )
         pgcache_p50 = rows[0]["p50 ms"]
     redis_p50 = _redis(section, rows, data, paraphrases, threshold, sizes.peer_slow_lookups)
     _gpt(section, rows, data, paraphrases, novel, threshold)
@@ -137,14 +159,18 @@ def run(context: Context) -> Section:
         row["x pgcache p50"] = row["p50 ms"] / pgcache_p50 if row["queries"].startswith("paraphrase") else ""
     if redis_p50 is not None:
         ratio = redis_p50 / pgcache_p50
-        section.target(f"pgcache >= 1000x faster than the tutorial's Redis design at {n:,} entries", ratio >= 1000,
-                       f"{redis_p50:.0f} ms vs {pgcache_p50:.2f} ms = {ratio:,.0f}x")
+        section.target(
+            f"pgcache >= 1000x faster than the tutorial's Redis design at {n:,} entries",
+            ratio >= 1000,
+            f"{redis_p50:.0f} ms vs {pgcache_p50:.2f} ms = {ratio:,.0f}x",
+        )
     return section
 
 
 def _redis(section, rows, data, queries, threshold, lookups) -> float | None:
     try:
         import redis  # noqa: F401
+
         server = redis_server()
         client = server.__enter__()
     except (ImportError, FileNotFoundError) as exc:
@@ -155,8 +181,10 @@ def _redis(section, rows, data, queries, threshold, lookups) -> float | None:
         started = time.perf_counter()
         with client.pipeline(transaction=False) as pipe:
             for i, vector in enumerate(data.entries):
-                pipe.set(f"cache:{i}", json.dumps({"prompt": f"question {i}", "response": f"answer {i}",
-                                                   "embedding": vector.tolist()}))
+                pipe.set(
+                    f"cache:{i}",
+                    json.dumps({"prompt": f"question {i}", "response": f"answer {i}", "embedding": vector.tolist()}),
+                )
                 if i % 1000 == 999:
                     pipe.execute()
             pipe.execute()
@@ -166,10 +194,20 @@ def _redis(section, rows, data, queries, threshold, lookups) -> float | None:
         memory = client.info("memory")["used_memory"]
     finally:
         server.__exit__(None, None, None)
-    rows.append({"system": "Redis, tutorial design", "queries": "paraphrase (hit)", "n": lookups,
-                 "p50 ms": timing.p50 / 1000, "p99 ms": timing.p99 / 1000, "max ms": timing.max / 1000})
-    section.notes.append(f"Redis held the entries in {memory / 2**20:.0f} MiB (JSON text) and loaded them in "
-                         f"{load:.1f}s; {sum(a is not None for a in answers)} of {lookups} timed lookups hit.")
+    rows.append(
+        {
+            "system": "Redis, tutorial design",
+            "queries": "paraphrase (hit)",
+            "n": lookups,
+            "p50 ms": timing.p50 / 1000,
+            "p99 ms": timing.p99 / 1000,
+            "max ms": timing.max / 1000,
+        }
+    )
+    section.notes.append(
+        f"Redis held the entries in {memory / 2**20:.0f} MiB (JSON text) and loaded them in "
+        f"{load:.1f}s; {sum(a is not None for a in answers)} of {lookups} timed lookups hit."
+    )
     return timing.p50 / 1000
 
 
@@ -196,6 +234,14 @@ def _gpt(section, rows, data, paraphrases, novel, threshold) -> None:
     for label, count in (("paraphrase", len(paraphrases)), ("novel", len(novel))):
         timing = measure(lambda i, label=label: found.append(get(f"{label} {i}", cache_obj=cache)), count)
         outcome = "hit" if label == "paraphrase" else "miss"
-        rows.append({"system": "GPTCache (SQLite + faiss)", "queries": f"{label} ({outcome})", "n": count,
-                     "p50 ms": timing.p50 / 1000, "p99 ms": timing.p99 / 1000, "max ms": timing.max / 1000})
+        rows.append(
+            {
+                "system": "GPTCache (SQLite + faiss)",
+                "queries": f"{label} ({outcome})",
+                "n": count,
+                "p50 ms": timing.p50 / 1000,
+                "p99 ms": timing.p99 / 1000,
+                "max ms": timing.max / 1000,
+            }
+        )
     section.notes.append(f"GPTCache stored the entries in {load:.1f}s (one `put` each).")

@@ -28,8 +28,14 @@ class PrecomputedEmbedder:
 
 
 def _row(label: str, timing, recall: float | None = None) -> dict:
-    row = {"lookup": label, "n": len(timing.samples), "p50 ms": timing.p50 / 1000, "p90 ms": timing.p90 / 1000,
-           "p99 ms": timing.p99 / 1000, "max ms": timing.max / 1000}
+    row = {
+        "lookup": label,
+        "n": len(timing.samples),
+        "p50 ms": timing.p50 / 1000,
+        "p90 ms": timing.p90 / 1000,
+        "p99 ms": timing.p99 / 1000,
+        "max ms": timing.max / 1000,
+    }
     if recall is not None:
         row["recall@1"] = recall
     return row
@@ -38,14 +44,16 @@ def _row(label: str, timing, recall: float | None = None) -> dict:
 def run(context: Context) -> Section:
     sizes = context.sizes
     section = Section(
-        "semantic", "Semantic lookup (database time, no embedding call)",
+        "semantic",
+        "Semantic lookup (database time, no embedding call)",
         "Clustered 1536-d vectors (see the similarity profile): 90% of entries in one scope, 10% spread over 50 "
         "small scopes, 5% expired. The index is trained as pgcache trains it (2 x sqrt(rows) lists), then "
         "`pgcache_nearest()` is timed through pgcache's own connection pool: `paraphrase` queries sit near one "
         "stored entry (hits), `novel` ones near no entry (misses), `small scope` queries go to one of the 50 small "
         "scopes (n / 500 entries: exact search), `empty scope` to a scope with no entries. Recall@1 compares the "
         "returned entry with exact search over the live entries of the scope. `whole lookup` is `Cache.lookup()` "
-        "for a paraphrase: exact-tier miss, semantic query, ledger record; the embedding is precomputed.")
+        "for a paraphrase: exact-tier miss, semantic query, ledger record; the embedding is precomputed.",
+    )
     for n in sizes.semantic_entries:
         started = time.perf_counter()
         table = load_table(context, n)
@@ -62,26 +70,41 @@ def run(context: Context) -> Section:
             small_timing, _ = search_timings(database, table, paraphrases, SMALL_SCOPES[0])
             empty_timing, _ = search_timings(database, table, novel, Scope("nobody"))
             whole = _whole_lookup(table.url, paraphrases[: min(200, len(paraphrases))])
-            rows = [_row("paraphrase (hit)", hit_timing, hit_recall), _row("novel (miss)", miss_timing, miss_recall),
-                    _row("small scope (exact search)", small_timing), _row("empty scope", empty_timing),
-                    _row("whole lookup, paraphrase", whole)]
-            section.table(f"{n:,} entries ({result.after.lists} lists, probes "
-                          f"{_probes(table.url)}; loaded in {loaded:.0f}s, index built in {result.seconds:.0f}s)",
-                          rows)
+            rows = [
+                _row("paraphrase (hit)", hit_timing, hit_recall),
+                _row("novel (miss)", miss_timing, miss_recall),
+                _row("small scope (exact search)", small_timing),
+                _row("empty scope", empty_timing),
+                _row("whole lookup, paraphrase", whole),
+            ]
+            section.table(
+                f"{n:,} entries ({result.after.lists} lists, probes "
+                f"{_probes(table.url)}; loaded in {loaded:.0f}s, index built in {result.seconds:.0f}s)",
+                rows,
+            )
             if n >= 10_000:
                 label = f"{n // 1000}k"
-                section.target(f"p50 <= 5 ms at {label}", hit_timing.p50 <= 5000 and miss_timing.p50 <= 5000,
-                               f"hit {hit_timing.p50 / 1000:.2f} ms, miss {miss_timing.p50 / 1000:.2f} ms")
-                section.target(f"p99 <= 20 ms at {label}", hit_timing.p99 <= 20000 and miss_timing.p99 <= 20000,
-                               f"hit {hit_timing.p99 / 1000:.2f} ms, miss {miss_timing.p99 / 1000:.2f} ms")
+                section.target(
+                    f"p50 <= 5 ms at {label}",
+                    hit_timing.p50 <= 5000 and miss_timing.p50 <= 5000,
+                    f"hit {hit_timing.p50 / 1000:.2f} ms, miss {miss_timing.p50 / 1000:.2f} ms",
+                )
+                section.target(
+                    f"p99 <= 20 ms at {label}",
+                    hit_timing.p99 <= 20000 and miss_timing.p99 <= 20000,
+                    f"hit {hit_timing.p99 / 1000:.2f} ms, miss {miss_timing.p99 / 1000:.2f} ms",
+                )
                 section.target(f"recall@1 >= 0.95 at {label}", hit_recall >= 0.95, f"{hit_recall:.3f}")
-                section.target(f"a miss <= 5 ms at {label}", empty_timing.p99 <= 5000 and miss_timing.p50 <= 5000,
-                               f"empty scope p99 {empty_timing.p99 / 1000:.2f} ms, novel p50 "
-                               f"{miss_timing.p50 / 1000:.2f} ms")
+                section.target(
+                    f"a miss <= 5 ms at {label}",
+                    empty_timing.p99 <= 5000 and miss_timing.p50 <= 5000,
+                    f"empty scope p99 {empty_timing.p99 / 1000:.2f} ms, novel p50 {miss_timing.p50 / 1000:.2f} ms",
+                )
             if n == max(sizes.semantic_entries):
-                section.table("Similarity profile of the data (cosine to the nearest live entry)",
-                              similarity_profile(table.data.entries, {"paraphrase": paraphrases[:300],
-                                                                      "novel": novel[:300]}))
+                section.table(
+                    "Similarity profile of the data (cosine to the nearest live entry)",
+                    similarity_profile(table.data.entries, {"paraphrase": paraphrases[:300], "novel": novel[:300]}),
+                )
                 _storage(context, section, table, n, paraphrases, database)
         finally:
             database.close()
@@ -97,6 +120,7 @@ def _probes(url: str) -> int:
 def _whole_lookup(url: str, queries: np.ndarray):
     embedder = PrecomputedEmbedder()
     with Cache(url, embedder=embedder, threshold=0.9, guard=False, model=MAIN.model, namespace=MAIN.namespace) as cache:
+
         def lookup(i: int) -> None:
             embedder.next = queries[i % len(queries)]
             cache.lookup(MAIN.messages(f"paraphrase {i}"))
@@ -123,8 +147,10 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
         probes = conn.execute("SELECT pgcache_probes(%s)", (lists,)).fetchone()[0]
         started = time.perf_counter()
         conn.execute("SET maintenance_work_mem = '1GB'")
-        conn.execute(f"CREATE INDEX bench_vector_idx ON pgcache_entries USING ivfflat "
-                     f"(embedding vector_cosine_ops) WITH (lists = {lists})")
+        conn.execute(
+            f"CREATE INDEX bench_vector_idx ON pgcache_entries USING ivfflat "
+            f"(embedding vector_cosine_ops) WITH (lists = {lists})"
+        )
         vector_build = time.perf_counter() - started
         full_index = conn.execute("SELECT pg_relation_size('bench_vector_idx')").fetchone()[0]
         conn.execute("ANALYZE pgcache_entries")
@@ -136,13 +162,16 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
         found: list[int] = []
 
         def full_precision_lookup(i: int) -> None:
-            row = conn.execute("""
+            row = conn.execute(
+                """
                 WITH c AS MATERIALIZED (
                     SELECT id, embedding <=> %(q)s AS d FROM pgcache_entries
                     WHERE scope_key = %(s)s AND embedder = %(e)s AND (expires_at IS NULL OR expires_at > now())
                     ORDER BY embedding <=> %(q)s LIMIT 4)
                 SELECT id FROM c ORDER BY d + 0 LIMIT 1""",
-                               {"s": scope_key, "e": EMBEDDER, "q": queries[i]}, binary=True).fetchone()
+                {"s": scope_key, "e": EMBEDDER, "q": queries[i]},
+                binary=True,
+            ).fetchone()
             found.append(row[0] - 1 if row else -1)
 
         measure(full_precision_lookup, 20)
@@ -154,19 +183,43 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
     truth = table.main_live[exact_nearest(table.data.entries[table.main_live], queries)[0]]
     vector_recall = float(np.mean(np.array(found) == truth))
     half_timing, half_recall = search_timings(database, table, queries)
-    per_entry = {"heap": heap / rows, "TOAST (the 1536-d vector)": toast / rows,
-                 "ivfflat index (halfvec)": vector_index / rows, "other indexes": other_indexes / rows}
+    per_entry = {
+        "heap": heap / rows,
+        "TOAST (the 1536-d vector)": toast / rows,
+        "ivfflat index (halfvec)": vector_index / rows,
+        "other indexes": other_indexes / rows,
+    }
     total = sum(per_entry.values())
-    section.table(f"Storage at {rows:,} entries (after VACUUM)", [
-        {"part": part, "bytes per entry": round(value), "projected for 1M entries (GiB)": value * 1e6 / 2**30}
-        for part, value in [*per_entry.items(), ("total", total)]])
-    section.table(f"ivfflat over halfvec(1536) vs over vector at {rows:,} entries ({lists} lists, probes {probes})", [
-        {"index": "halfvec expression index, full-precision re-rank (pgcache's)", "size MiB": vector_index / 2**20,
-         "recall@1": half_recall, "p50 ms": half_timing.p50 / 1000, "p99 ms": half_timing.p99 / 1000},
-        {"index": "vector (full precision)", "size MiB": full_index / 2**20, "recall@1": vector_recall,
-         "p50 ms": vector_timing.p50 / 1000, "p99 ms": vector_timing.p99 / 1000, "build s": vector_build}])
+    section.table(
+        f"Storage at {rows:,} entries (after VACUUM)",
+        [
+            {"part": part, "bytes per entry": round(value), "projected for 1M entries (GiB)": value * 1e6 / 2**30}
+            for part, value in [*per_entry.items(), ("total", total)]
+        ],
+    )
+    section.table(
+        f"ivfflat over halfvec(1536) vs over vector at {rows:,} entries ({lists} lists, probes {probes})",
+        [
+            {
+                "index": "halfvec expression index, full-precision re-rank (pgcache's)",
+                "size MiB": vector_index / 2**20,
+                "recall@1": half_recall,
+                "p50 ms": half_timing.p50 / 1000,
+                "p99 ms": half_timing.p99 / 1000,
+            },
+            {
+                "index": "vector (full precision)",
+                "size MiB": full_index / 2**20,
+                "recall@1": vector_recall,
+                "p50 ms": vector_timing.p50 / 1000,
+                "p99 ms": vector_timing.p99 / 1000,
+                "build s": vector_build,
+            },
+        ],
+    )
     section.notes.append(
         f"The halfvec index takes {vector_index / 2**20:.0f} MiB against {full_index / 2**20:.0f} MiB for the same "
         f"lists over full-precision vectors, at recall@1 {half_recall:.3f} against {vector_recall:.3f}: a 1536-d "
         "float vector is 6 KB, so a full-precision index page holds one and a halfvec page two. The heap keeps each "
-        "vector once more, in TOAST.")
+        "vector once more, in TOAST."
+    )

@@ -61,9 +61,9 @@ def exact_nearest(entries: np.ndarray, queries: np.ndarray, chunk: int = 256) ->
     best = np.empty(len(queries), dtype=np.int64)
     score = np.empty(len(queries), dtype=np.float32)
     for start in range(0, len(queries), chunk):
-        sims = queries[start:start + chunk] @ entries.T
-        best[start:start + chunk] = sims.argmax(axis=1)
-        score[start:start + chunk] = sims.max(axis=1)
+        sims = queries[start : start + chunk] @ entries.T
+        best[start : start + chunk] = sims.argmax(axis=1)
+        score[start : start + chunk] = sims.max(axis=1)
     return best, score
 
 
@@ -74,10 +74,21 @@ def similarity_profile(entries: np.ndarray, queries: dict[str, np.ndarray]) -> l
     others = entries.copy()
     sims = sample @ others.T
     np.fill_diagonal(sims[:, : len(sample)], -1)
-    kinds = {"entry to its nearest other entry": sims.max(axis=1), **{
-        f"{name} query to its nearest entry": exact_nearest(entries, q)[1] for name, q in queries.items()}}
+    kinds = {
+        "entry to its nearest other entry": sims.max(axis=1),
+        **{f"{name} query to its nearest entry": exact_nearest(entries, q)[1] for name, q in queries.items()},
+    }
     for name, values in kinds.items():
         p = np.percentile(values, [1, 10, 50, 90, 99])
-        rows.append({"pairs": name, "n": len(values), "p1": round(float(p[0]), 3), "p10": round(float(p[1]), 3),
-                     "median": round(float(p[2]), 3), "p90": round(float(p[3]), 3), "p99": round(float(p[4]), 3)})
+        rows.append(
+            {
+                "pairs": name,
+                "n": len(values),
+                "p1": round(float(p[0]), 3),
+                "p10": round(float(p[1]), 3),
+                "median": round(float(p[2]), 3),
+                "p90": round(float(p[3]), 3),
+                "p99": round(float(p[4]), 3),
+            }
+        )
     return rows

@@ -14,16 +14,16 @@ from pgcache import Cache, db
 from pgcache.embedders import LocalEmbedder
 
 QUESTIONS = [
-    "How do I reset my password?",                # word for word: exact tier
+    "How do I reset my password?",  # word for word: exact tier
     "I forgot my password, how can I reset it?",  # close paraphrases: semantic tier (0.937, 0.972, 0.924)
     "I want to cancel my subscription",
     "What payment methods do you accept?",
-    "Do you offer international shipping?",       # looser paraphrases (0.886, 0.915, 0.901): below the
-    "How do I get a refund?",                     # local model's 0.92 threshold, which keeps wrong hits
-    "How do I change my email address?",          # rare (docs/semantic-quality.md), so they miss
-    "Do you have a mobile app?",                  # exact again
-    "Can I pay with PayPal?",                     # related but not the same question: miss
-    "What is the boiling point of water?",        # unrelated: miss
+    "Do you offer international shipping?",  # looser paraphrases (0.886, 0.915, 0.901): below the
+    "How do I get a refund?",  # local model's 0.92 threshold, which keeps wrong hits
+    "How do I change my email address?",  # rare (docs/semantic-quality.md), so they miss
+    "Do you have a mobile app?",  # exact again
+    "Can I pay with PayPal?",  # related but not the same question: miss
+    "What is the boiling point of water?",  # unrelated: miss
 ]
 
 
@@ -46,8 +46,10 @@ def main() -> None:
         answer = _shorten(hit.content) if hit else "(no cached answer: this would go to the LLM)"
         print(f"{status:<9} {similarity:>10}  {question}\n{'':21}-> {answer}")
     cache.close()
-    print(f"\nsummary: {len(QUESTIONS)} questions, {counts['exact']} exact hits, "
-          f"{counts['semantic']} semantic hits, {counts['miss']} misses; no API key used")
+    print(
+        f"\nsummary: {len(QUESTIONS)} questions, {counts['exact']} exact hits, "
+        f"{counts['semantic']} semantic hits, {counts['miss']} misses; no API key used"
+    )
 
 
 def _shorten(text: str, width: int = 64) -> str:

@@ -47,10 +47,10 @@ from openai.types.chat import ChatCompletion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pgcache and tests.fake_openai
 
-from pgcache import Cache, PgcacheError, db, embedded  # noqa: E402
-from pgcache.embedders import OpenAIEmbedder  # noqa: E402
-from pgcache.warm import WarmItem, warm  # noqa: E402
-from tests.fake_openai import FakeOpenAI  # noqa: E402
+from pgcache import Cache, PgcacheError, db, embedded
+from pgcache.embedders import OpenAIEmbedder
+from pgcache.warm import WarmItem, warm
+from tests.fake_openai import FakeOpenAI
 
 KINDS = ("chat", "warm", "sweep", "invalidate", "reindex")
 WEIGHTS = (80, 6, 6, 5, 3)
@@ -64,6 +64,7 @@ DEADLOCK = "40P01"
 
 
 # -- the workers ------------------------------------------------------------------
+
 
 @dataclass
 class Tally:
@@ -118,8 +119,10 @@ class Workers:
         self.app, self.ops, self.namespaces = app, ops, namespaces
         self.tally = Tally()
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(n, random.Random(seed + n)), name=f"soak-{n}",
-                                         daemon=True) for n in range(count)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(n, random.Random(seed + n)), name=f"soak-{n}", daemon=True)
+            for n in range(count)
+        ]
 
     def start(self) -> None:
         for thread in self.threads:
@@ -134,9 +137,14 @@ class Workers:
         return [thread.name for thread in self.threads if thread.is_alive()]
 
     def _run(self, worker: int, rng: random.Random) -> None:
-        first = list(KINDS[worker % len(KINDS):] + KINDS[:worker % len(KINDS)])
-        operations = {"chat": self.chat, "warm": self.warm, "sweep": self.sweep,
-                      "invalidate": self.invalidate, "reindex": self.reindex}
+        first = list(KINDS[worker % len(KINDS) :] + KINDS[: worker % len(KINDS)])
+        operations = {
+            "chat": self.chat,
+            "warm": self.warm,
+            "sweep": self.sweep,
+            "invalidate": self.invalidate,
+            "reindex": self.reindex,
+        }
         number = 0
         while not self.stopping.is_set():
             kind = first.pop(0) if first else rng.choices(KINDS, WEIGHTS)[0]
@@ -160,8 +168,13 @@ class Workers:
             prompt = f"Question {worker}-{number}: what happens to order {rng.randrange(10**6)} after a refund?"
         ttl = rng.choice((1, 2, 3)) if rng.random() < 0.2 else None
         extra = {} if ttl is None else {"ttl": ttl}
-        result = self.app.chat([{"role": "user", "content": prompt}], namespace=namespace,
-                               tags=[f"t{rng.randrange(3)}"], temperature=0, **extra)
+        result = self.app.chat(
+            [{"role": "user", "content": prompt}],
+            namespace=namespace,
+            tags=[f"t{rng.randrange(3)}"],
+            temperature=0,
+            **extra,
+        )
         if result.status in ("exact", "miss") and not result.content.endswith(f"to: {prompt}"):
             self.tally.failed("chat", f"{result.status} answer {result.content!r} is not for {prompt!r}")
             return
@@ -173,16 +186,22 @@ class Workers:
         start = rng.randrange(0, 400, 20)
         prompts = [f"FAQ {k}: how do I switch on feature {k % FEATURES} for my team?" for k in range(start, start + 40)]
         if rng.random() < 0.5:
-            items = [WarmItem(line=i + 1, prompt=p, response=f"warm answer to: {p}", namespace=namespace, ttl=ttl)
-                     for i, p in enumerate(prompts)]
+            items = [
+                WarmItem(line=i + 1, prompt=p, response=f"warm answer to: {p}", namespace=namespace, ttl=ttl)
+                for i, p in enumerate(prompts)
+            ]
             result = warm(self.ops, Path(f"soak-{worker}.tsv"), items, tags=("faq",), batch_size=20, concurrency=1)
             if result.failed:
                 raise RuntimeError(f"warm failed for {result.failed} items: {result.errors[:2]}")
             self.tally.done("warm", added=result.added, present=result.present)
         else:
             extra = {} if ttl is None else {"ttl": ttl}
-            ids = self.ops.store_many([(p, f"warm answer to: {p}") for p in prompts], namespace=namespace,
-                                      tags=["faq", f"batch-{start}"], **extra)
+            ids = self.ops.store_many(
+                [(p, f"warm answer to: {p}") for p in prompts],
+                namespace=namespace,
+                tags=["faq", f"batch-{start}"],
+                **extra,
+            )
             self.tally.done("warm", added=len(ids))
 
     def sweep(self, worker: int, number: int, rng: random.Random) -> None:
@@ -214,6 +233,7 @@ class Workers:
 
 # -- checks ---------------------------------------------------------------------------
 
+
 def sql(url: str, statement: str, params=()) -> list[tuple]:
     with psycopg.connect(url, autocommit=True) as conn:
         cur = conn.execute(statement, params)
@@ -229,15 +249,18 @@ def wait_for_sessions_to_end(url: str, timeout: float = 10.0) -> None:
     """Wait (boundedly) until pgcache's sessions have exited, which is when they publish their statistics."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = sql(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                        "AND application_name = 'pgcache'")[0][0]
+        left = sql(
+            url,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'pgcache'",
+        )[0][0]
         if left == 0:
             return
         time.sleep(0.1)
 
 
-def unreadable_answers(url: str, check: Cache, namespaces: list[str], sample: int,
-                       rng: random.Random) -> tuple[int, int, list[str]]:
+def unreadable_answers(
+    url: str, check: Cache, namespaces: list[str], sample: int, rng: random.Random
+) -> tuple[int, int, list[str]]:
     """Stored answers that do not parse, do not answer their prompt, or do not come back through the cache.
 
     Every live entry's response must parse as a ``ChatCompletion`` whose text
@@ -245,10 +268,13 @@ def unreadable_answers(url: str, check: Cache, namespaces: list[str], sample: in
     its stored request and must come back as an exact hit with the same text.
     Entries about to expire are left out. Returns (bad, rows checked, examples).
     """
-    rows = sql(url, """
+    rows = sql(
+        url,
+        """
         SELECT id, namespace, prompt, request, response FROM pgcache_entries
         WHERE namespace = ANY(%s) AND (expires_at IS NULL OR expires_at > now() + interval '1 minute')""",
-               (namespaces,))
+        (namespaces,),
+    )
     bad: list[str] = []
     for entry_id, _, prompt, _, response in rows:
         try:
@@ -269,6 +295,7 @@ def unreadable_answers(url: str, check: Cache, namespaces: list[str], sample: in
 
 # -- the run --------------------------------------------------------------------------
 
+
 class WarningCount(logging.Handler):
     """Counts pgcache's warnings (the ledger writer reports failed writes only this way)."""
 
@@ -283,13 +310,16 @@ class WarningCount(logging.Handler):
 def preload(cache: Cache, namespace: str, count: int) -> None:
     """Entries that never expire, so that the table outgrows exact search and reindex trains real lists."""
     for start in range(0, count, 500):
-        prompts = [f"Reference {k}: what is the policy for feature {k % FEATURES} in region {k // FEATURES}?"
-                   for k in range(start, min(count, start + 500))]
+        prompts = [
+            f"Reference {k}: what is the policy for feature {k % FEATURES} in region {k // FEATURES}?"
+            for k in range(start, min(count, start + 500))
+        ]
         cache.store_many([(p, f"reference answer to: {p}") for p in prompts], namespace=namespace, tags=["reference"])
 
 
-def soak(url: str, namespaces: list[str], seconds: float, workers: int, progress_every: float, seed: int,
-         preloaded: int) -> int:
+def soak(
+    url: str, namespaces: list[str], seconds: float, workers: int, progress_every: float, seed: int, preloaded: int
+) -> int:
     """Run the workers for ``seconds``, check the database, print the summary; return the exit status."""
     warnings_seen = WarningCount()
     logging.getLogger("pgcache").addHandler(warnings_seen)
@@ -321,14 +351,20 @@ def soak(url: str, namespaces: list[str], seconds: float, workers: int, progress
         app.close()
         ops.close()
 
-        duplicates = sql(url, "SELECT count(*) FROM (SELECT exact_key FROM pgcache_entries "
-                              "GROUP BY exact_key HAVING count(*) > 1) AS d")[0][0]
-        invalid_indexes = sql(url, """
+        duplicates = sql(
+            url,
+            "SELECT count(*) FROM (SELECT exact_key FROM pgcache_entries GROUP BY exact_key HAVING count(*) > 1) AS d",
+        )[0][0]
+        invalid_indexes = sql(
+            url,
+            """
             SELECT count(*) FROM pg_index AS i JOIN pg_class AS t ON t.oid = i.indrelid
-            WHERE t.relname = 'pgcache_entries' AND NOT (i.indisvalid AND i.indisready)""")[0][0]
+            WHERE t.relname = 'pgcache_entries' AND NOT (i.indisvalid AND i.indisready)""",
+        )[0][0]
         with Cache(url, embedder=embedder, llm=llm, fail_open=False) as check:
-            unreadable, checked, examples = unreadable_answers(url, check, namespaces, READBACK_SAMPLE,
-                                                               random.Random(seed))
+            unreadable, checked, examples = unreadable_answers(
+                url, check, namespaces, READBACK_SAMPLE, random.Random(seed)
+            )
             check.flush()
         wait_for_sessions_to_end(url)
         deadlocks_seen = deadlocks(url) - deadlocks_before
@@ -346,8 +382,10 @@ def soak(url: str, namespaces: list[str], seconds: float, workers: int, progress
         "invalid indexes": invalid_indexes,
     }
     idle = [kind for kind in KINDS if tally.ops[kind] == 0]
-    print(f"\nsummary: {elapsed:.1f} s, {workers} workers, {len(namespaces)} namespaces "
-          f"({preloaded} entries preloaded), database {db.redact(url)}")
+    print(
+        f"\nsummary: {elapsed:.1f} s, {workers} workers, {len(namespaces)} namespaces "
+        f"({preloaded} entries preloaded), database {db.redact(url)}"
+    )
     details = {
         "chat": "exact {chat exact}, semantic {chat semantic}, miss {chat miss}",
         "warm": "{warm added} entries added, {warm present} already present",
@@ -388,12 +426,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the workers run (default 60)")
     parser.add_argument("--workers", type=int, default=8, help="worker threads (default 8)")
-    parser.add_argument("--database-url", help="a migrated scratch database: its sweeps and reindexes act on the "
-                                               "whole table (default: a private embedded server in a temporary "
-                                               "directory)")
+    parser.add_argument(
+        "--database-url",
+        help="a migrated scratch database: its sweeps and reindexes act on the "
+        "whole table (default: a private embedded server in a temporary "
+        "directory)",
+    )
     parser.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines (default 5)")
-    parser.add_argument("--preload", type=int, default=3000,
-                        help="entries stored before the workers start (default 3000)")
+    parser.add_argument(
+        "--preload", type=int, default=3000, help="entries stored before the workers start (default 3000)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the workers' random choices (default 1)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.workers < 1 or args.progress_every <= 0 or args.preload < 0:

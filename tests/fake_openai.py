@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 import numpy as np
 
@@ -83,7 +84,7 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> FakeOpenAI:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
@@ -125,8 +126,13 @@ class FakeOpenAI:
             if body.get("tools") and body.get("tool_choice") != "none":
                 tool = body["tools"][0]["function"]["name"]
                 message["content"] = None
-                message["tool_calls"] = [{"id": f"call_{number}_{index}", "type": "function",
-                                          "function": {"name": tool, "arguments": json.dumps({"q": last})}}]
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_{number}_{index}",
+                        "type": "function",
+                        "function": {"name": tool, "arguments": json.dumps({"q": last})},
+                    }
+                ]
                 finish = "tool_calls"
             choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": finish})
         words = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
@@ -147,10 +153,14 @@ class FakeOpenAI:
             answer = self.judge_answer
         if isinstance(answer, int):
             return answer, {"error": {"message": "judge down", "type": "server_error", "code": None}}
-        return 200, {"id": "chatcmpl-judge", "object": "chat.completion", "created": 1, "model": body["model"],
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                                  "finish_reason": "stop"}],
-                     "usage": {"prompt_tokens": 60, "completion_tokens": 1, "total_tokens": 61}}
+        return 200, {
+            "id": "chatcmpl-judge",
+            "object": "chat.completion",
+            "created": 1,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 60, "completion_tokens": 1, "total_tokens": 61},
+        }
 
     def stream_events(self, completion: dict, include_usage: bool) -> list[dict]:
         """The chunks a real server would stream for ``completion``: role, words, tool calls, finish."""
@@ -166,12 +176,42 @@ class FakeOpenAI:
                     events.append({**base, "choices": [{"index": index, "delta": {"content": piece}}]})
             for position, call in enumerate(message.get("tool_calls") or []):
                 arguments = call["function"]["arguments"]
-                events.append({**base, "choices": [{"index": index, "delta": {"tool_calls": [
-                    {"index": position, "id": call["id"], "type": "function",
-                     "function": {"name": call["function"]["name"], "arguments": arguments[:5]}}]}}]})
-                events.append({**base, "choices": [{"index": index, "delta": {"tool_calls": [
-                    {"index": position, "function": {"arguments": arguments[5:]}}]}}]})
-            events.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]})
+                events.append(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": {
+                                    "tool_calls": [
+                                        {
+                                            "index": position,
+                                            "id": call["id"],
+                                            "type": "function",
+                                            "function": {"name": call["function"]["name"], "arguments": arguments[:5]},
+                                        }
+                                    ]
+                                },
+                            }
+                        ],
+                    }
+                )
+                events.append(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": index,
+                                "delta": {
+                                    "tool_calls": [{"index": position, "function": {"arguments": arguments[5:]}}]
+                                },
+                            }
+                        ],
+                    }
+                )
+            events.append(
+                {**base, "choices": [{"index": index, "delta": {}, "finish_reason": choice["finish_reason"]}]}
+            )
         if include_usage:
             events.append({**base, "choices": [], "usage": completion["usage"]})
         return events
@@ -191,8 +231,12 @@ class FakeOpenAI:
             vectors = [v.tolist() for v in arrays]
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         tokens = sum(len(t.split()) for t in texts)
-        return 200, {"object": "list", "data": data, "model": body["model"],
-                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return 200, {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
 
 class _Handler(BaseHTTPRequestHandler):

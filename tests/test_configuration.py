@@ -58,17 +58,27 @@ def test_every_variable_is_read_and_every_argument_wins_over_it(name):
     text, value = SAMPLES[name]
     from_env = Settings.from_env({config.variable(name): text})
     assert getattr(from_env, name) == value
-    assert getattr(Settings.from_env({config.variable(name): "   "}), name) == getattr(Settings(), name), \
+    assert getattr(Settings.from_env({config.variable(name): "   "}), name) == getattr(Settings(), name), (
         "an empty variable counts as unset"
+    )
     default = getattr(Settings(), name)
     explicit = Settings.resolve({name: default}, {config.variable(name): text})
     assert getattr(explicit, name) == default
 
 
-@pytest.mark.parametrize("name, text", [
-    ("pool_size", "0"), ("max_entries", "-1"), ("fail_open", "maybe"), ("guard_rules", "spelling"),
-    ("sure_threshold", "2"), ("connect_timeout", "never"), ("database_url", "mysql://x"), ("embedder", "bert"),
-])
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("pool_size", "0"),
+        ("max_entries", "-1"),
+        ("fail_open", "maybe"),
+        ("guard_rules", "spelling"),
+        ("sure_threshold", "2"),
+        ("connect_timeout", "never"),
+        ("database_url", "mysql://x"),
+        ("embedder", "bert"),
+    ],
+)
 def test_bad_variables_name_the_variable_or_the_value(name, text):
     with pytest.raises(ConfigurationError, match=f"{config.variable(name)}|{re.escape(text)}"):
         Settings.from_env({config.variable(name): text})
@@ -118,8 +128,17 @@ def test_embedder_and_judge_come_from_the_settings(llm, monkeypatch):
 
 
 def test_settings_reach_the_parts_that_use_them(database_url, llm, fake):
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, environ={}, pool_size=3,
-               single_flight=False, guard_rules=["numbers"], sure_threshold=0.99, store_prompts=False) as cache:
+    with Cache(
+        database_url,
+        embedder=OpenAIEmbedder(client=llm),
+        llm=llm,
+        environ={},
+        pool_size=3,
+        single_flight=False,
+        guard_rules=["numbers"],
+        sure_threshold=0.99,
+        store_prompts=False,
+    ) as cache:
         assert cache.backend.database().pool.max_size == 3
         assert cache.flights.enabled is False
         assert [check.name for check in cache.finder.verifier.checks] == ["feedback", "guard"]

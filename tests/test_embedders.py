@@ -68,9 +68,8 @@ def test_bad_embedder_is_refused_at_construction():
 def test_failing_embedder_stores_nothing(database_url, llm):
     from .conftest import query
 
-    with Cache(database_url, embedder=Fixed([[0.0, 0.0, 0.0]]), llm=llm) as cache:
-        with pytest.raises(EmbedderError):
-            cache.store("question", "answer")
+    with Cache(database_url, embedder=Fixed([[0.0, 0.0, 0.0]]), llm=llm) as cache, pytest.raises(EmbedderError):
+        cache.store("question", "answer")
     assert query(database_url, "SELECT count(*) FROM pgcache_entries")[0][0] == 0
 
 
@@ -87,6 +86,8 @@ def test_an_embedder_outage_is_logged_as_one_and_the_exact_tier_serves(database_
         assert cache.lookup("What is SQL injection?").status == "exact"
         assert cache.lookup("Explain SQL injection") is None
     outage = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
-    assert outage == ["pgcache: embedder unavailable, lookups use the exact tier only: "
-                      "embedder test/down failed: ConnectionError: model server down"]
+    assert outage == [
+        "pgcache: embedder unavailable, lookups use the exact tier only: "
+        "embedder test/down failed: ConnectionError: model server down"
+    ]
     assert cache.breaker.failures == 0, "the database breaker is not the embedder's"

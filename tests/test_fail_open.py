@@ -103,4 +103,6 @@ def test_temperature_policy_and_per_call_options(database_url, llm, fake):
         assert cache.query("Never keep this").status == "miss"
         cache.flush()
     assert query(database_url, "SELECT count(*) FROM pgcache_lookups WHERE outcome = 'bypass'")[0][0] == 3
-    assert query(database_url, "SELECT count(*) FROM pgcache_entries WHERE prompt = 'What is SQL injection?'")[0][0] == 1
+    assert (
+        query(database_url, "SELECT count(*) FROM pgcache_entries WHERE prompt = 'What is SQL injection?'")[0][0] == 1
+    )

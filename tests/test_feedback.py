@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from typing import ClassVar
 
 import pytest
 from typer.testing import CliRunner
@@ -23,7 +24,7 @@ class Angles:
     """2-d vectors at fixed similarities to ENABLE: DISABLE 0.90, TURN_ON 0.97."""
 
     name, dimensions = "test/angles", 2
-    similarity = {ENABLE: 1.0, DISABLE: 0.90, TURN_ON: 0.97}
+    similarity: ClassVar[dict[str, float]] = {ENABLE: 1.0, DISABLE: 0.90, TURN_ON: 0.97}
 
     def embed(self, texts):
         return [[self.similarity[t], math.sqrt(1 - self.similarity[t] ** 2)] for t in texts]
@@ -47,9 +48,12 @@ def test_a_wrong_hit_tightens_only_that_phrasing(cache, database_url):
     cache.feedback("right", right.lookup_id)
     cache.flush()
     assert query(database_url, "SELECT rejected_by FROM pgcache_lookups WHERE rejected_by IS NOT NULL") == [
-        ("feedback: entry threshold",)]
+        ("feedback: entry threshold",)
+    ]
     assert query(database_url, "SELECT verdict, prompt, entry_prompt FROM pgcache_feedback ORDER BY created_at") == [
-        ("wrong", DISABLE, ENABLE), ("right", TURN_ON, ENABLE)]
+        ("wrong", DISABLE, ENABLE),
+        ("right", TURN_ON, ENABLE),
+    ]
 
 
 def test_feedback_pairs_feed_calibration(cache):

@@ -18,13 +18,16 @@ def conversation(prompt, system=SYSTEM, earlier=()):
 
 
 VARIANTS = {
-    "model": dict(model="gpt-4o"),
-    "namespace": dict(namespace="tenant-b"),
-    "system prompt": dict(messages=lambda p: conversation(p, {"role": "system", "content": "You are a pirate."})),
-    "earlier turns": dict(messages=lambda p: conversation(
-        p, earlier=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}])),
-    "temperature": dict(temperature=0.9),
-    "tools": dict(tools=TOOLS),
+    "model": {"model": "gpt-4o"},
+    "namespace": {"namespace": "tenant-b"},
+    "system prompt": {"messages": lambda p: conversation(p, {"role": "system", "content": "You are a pirate."})},
+    "earlier turns": {
+        "messages": lambda p: conversation(
+            p, earlier=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+        )
+    },
+    "temperature": {"temperature": 0.9},
+    "tools": {"tools": TOOLS},
 }
 
 

@@ -50,8 +50,9 @@ class Request:
         return cache.lookup(self.messages(question), self.model, namespace=self.namespace, **self.params)
 
     def store(self, cache: Cache, answer: str) -> int:
-        return cache.store(self.messages(question=QUESTION), answer, self.model, namespace=self.namespace,
-                           **self.params)
+        return cache.store(
+            self.messages(question=QUESTION), answer, self.model, namespace=self.namespace, **self.params
+        )
 
 
 BASE = Request()
@@ -69,8 +70,14 @@ def nfd(text):
     return unicodedata.normalize("NFD", text)
 
 
-TOOL = {"type": "function", "function": {"name": "lookup_cve", "description": "Find a CVE by id",
-                                         "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup_cve",
+        "description": "Find a CVE by id",
+        "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+    },
+}
 
 
 def tool(**function):
@@ -78,8 +85,13 @@ def tool(**function):
 
 
 def schema(name):
-    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
-        "type": "object", "properties": {name: {"type": "string"}}, "required": [name]}}}
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "name": "answer",
+            "schema": {"type": "object", "properties": {name: {"type": "string"}}, "required": [name]},
+        },
+    }
 
 
 # (A, B): two requests whose scopes differ in one detail chosen to look the same.
@@ -91,10 +103,14 @@ CASES = {
     "namespace zero-width space": (replace(BASE, namespace="acme"), replace(BASE, namespace="ac\u200bme")),
     "namespace NFC vs NFD": (replace(BASE, namespace="caf\u00e9"), replace(BASE, namespace=nfd("caf\u00e9"))),
     # Fields whose concatenation (or naive JSON splicing) would be equal.
-    "namespace/model boundary": (replace(BASE, namespace="acme-gpt", model="4o"),
-                                 replace(BASE, namespace="acme", model="gpt-4o")),
-    "namespace holding JSON": (replace(BASE, namespace="acme", model="gpt-4o-mini"),
-                               replace(BASE, namespace='acme","model":"gpt-4o-mini', model="gpt-4o-mini")),
+    "namespace/model boundary": (
+        replace(BASE, namespace="acme-gpt", model="4o"),
+        replace(BASE, namespace="acme", model="gpt-4o"),
+    ),
+    "namespace holding JSON": (
+        replace(BASE, namespace="acme", model="gpt-4o-mini"),
+        replace(BASE, namespace='acme","model":"gpt-4o-mini', model="gpt-4o-mini"),
+    ),
     # Models one character apart.
     "model one character": (BASE, replace(BASE, model="gpt-4o-minj")),
     "model case": (BASE, replace(BASE, model="GPT-4o-mini")),
@@ -105,23 +121,32 @@ CASES = {
     "system double space": (BASE, replace(BASE, system=SYSTEM.replace(" ", "  ", 1))),
     "system one token": (BASE, replace(BASE, system=SYSTEM.replace("tutor", "tutors"))),
     "system case": (BASE, replace(BASE, system=SYSTEM.lower())),
-    "system NFC vs NFD": (replace(BASE, system="R\u00e9ponds en fran\u00e7ais."),
-                          replace(BASE, system=nfd("R\u00e9ponds en fran\u00e7ais."))),
+    "system NFC vs NFD": (
+        replace(BASE, system="R\u00e9ponds en fran\u00e7ais."),
+        replace(BASE, system=nfd("R\u00e9ponds en fran\u00e7ais.")),
+    ),
     "system homoglyph": (BASE, replace(BASE, system=SYSTEM.replace("a ", "\u0430 ", 1))),
     "system vs developer role": (BASE, replace(BASE, system_role="developer")),
     "no system vs empty system": (replace(BASE, system=None), replace(BASE, system="")),
     "system as parts": (BASE, replace(BASE, system=[{"type": "text", "text": SYSTEM}])),
     # The same words split differently across earlier turns.
-    "turns merged": (replace(BASE, earlier=(user("I write C."), assistant("Noted."))),
-                     replace(BASE, earlier=(user("I write C.\nNoted."),))),
-    "turn boundary shifted": (replace(BASE, earlier=(user("I write C"), assistant(". Noted."))),
-                              replace(BASE, earlier=(user("I write C."), assistant(" Noted.")))),
-    "turn roles swapped": (replace(BASE, earlier=(user("I write C."), assistant("Noted."))),
-                           replace(BASE, earlier=(assistant("I write C."), user("Noted.")))),
+    "turns merged": (
+        replace(BASE, earlier=(user("I write C."), assistant("Noted."))),
+        replace(BASE, earlier=(user("I write C.\nNoted."),)),
+    ),
+    "turn boundary shifted": (
+        replace(BASE, earlier=(user("I write C"), assistant(". Noted."))),
+        replace(BASE, earlier=(user("I write C."), assistant(" Noted."))),
+    ),
+    "turn roles swapped": (
+        replace(BASE, earlier=(user("I write C."), assistant("Noted."))),
+        replace(BASE, earlier=(assistant("I write C."), user("Noted."))),
+    ),
     "earlier turn vs none": (replace(BASE, earlier=(user("I write C."),)), BASE),
     "conversation as JSON text": (
         replace(BASE, earlier=(user("I write C."), assistant("Noted."))),
-        replace(BASE, earlier=(user(canonical_json([user("I write C."), assistant("Noted.")])),))),
+        replace(BASE, earlier=(user(canonical_json([user("I write C."), assistant("Noted.")])),)),
+    ),
     "system message as JSON text": (BASE, replace(BASE, system=json.dumps({"role": "system", "content": SYSTEM}))),
     # Who asks: the final message's participant name.
     "final message name": (replace(BASE, final={"name": "alice"}), replace(BASE, final={"name": "bob"})),
@@ -131,26 +156,38 @@ CASES = {
     "temperature unset vs 0": (BASE, replace(BASE, params={"temperature": 0})),
     "top_p": (replace(BASE, params={"top_p": 1}), replace(BASE, params={"top_p": 0.999})),
     "max_tokens": (replace(BASE, params={"max_tokens": 100}), replace(BASE, params={"max_tokens": 101})),
-    "max_tokens vs max_completion_tokens": (replace(BASE, params={"max_tokens": 100}),
-                                            replace(BASE, params={"max_completion_tokens": 100})),
+    "max_tokens vs max_completion_tokens": (
+        replace(BASE, params={"max_tokens": 100}),
+        replace(BASE, params={"max_completion_tokens": 100}),
+    ),
     "seed": (replace(BASE, params={"seed": 1}), replace(BASE, params={"seed": 2})),
     "seed unset vs 0": (BASE, replace(BASE, params={"seed": 0})),
     "stop order": (replace(BASE, params={"stop": ["a", "b"]}), replace(BASE, params={"stop": ["b", "a"]})),
     "stop string vs list": (replace(BASE, params={"stop": "\n"}), replace(BASE, params={"stop": ["\n"]})),
     "n": (replace(BASE, params={"n": 1}), replace(BASE, params={"n": 2})),
     "presence_penalty": (BASE, replace(BASE, params={"presence_penalty": 0.1})),
-    "logit_bias": (replace(BASE, params={"logit_bias": {"1234": 1}}),
-                   replace(BASE, params={"logit_bias": {"1234": 2}})),
+    "logit_bias": (
+        replace(BASE, params={"logit_bias": {"1234": 1}}),
+        replace(BASE, params={"logit_bias": {"1234": 2}}),
+    ),
     "response_format text vs unset": (BASE, replace(BASE, params={"response_format": {"type": "text"}})),
     "response_format json_object": (BASE, replace(BASE, params={"response_format": {"type": "json_object"}})),
-    "json_schema one field": (replace(BASE, params={"response_format": schema("answer")}),
-                              replace(BASE, params={"response_format": schema("answers")})),
-    "tool name homoglyph": (replace(BASE, params={"tools": tool()}),
-                            replace(BASE, params={"tools": tool(name="lookup_cv\u0435")})),
-    "tool description whitespace": (replace(BASE, params={"tools": tool()}),
-                                    replace(BASE, params={"tools": tool(description="Find a CVE by id ")})),
-    "tool_choice": (replace(BASE, params={"tools": tool(), "tool_choice": "auto"}),
-                    replace(BASE, params={"tools": tool(), "tool_choice": "required"})),
+    "json_schema one field": (
+        replace(BASE, params={"response_format": schema("answer")}),
+        replace(BASE, params={"response_format": schema("answers")}),
+    ),
+    "tool name homoglyph": (
+        replace(BASE, params={"tools": tool()}),
+        replace(BASE, params={"tools": tool(name="lookup_cv\u0435")}),
+    ),
+    "tool description whitespace": (
+        replace(BASE, params={"tools": tool()}),
+        replace(BASE, params={"tools": tool(description="Find a CVE by id ")}),
+    ),
+    "tool_choice": (
+        replace(BASE, params={"tools": tool(), "tool_choice": "auto"}),
+        replace(BASE, params={"tools": tool(), "tool_choice": "required"}),
+    ),
     "extra_body": (BASE, replace(BASE, params={"extra_body": {"reasoning": {"effort": "low"}}})),
 }
 
@@ -179,7 +216,7 @@ class Remembering:
     def embed(self, texts):
         missing = [t for t in dict.fromkeys(texts) if t not in self.vectors]
         if missing:
-            self.vectors.update(zip(missing, self.inner.embed(missing)))
+            self.vectors.update(zip(missing, self.inner.embed(missing), strict=True))
         return [self.vectors[t] for t in texts]
 
 
@@ -228,10 +265,12 @@ class Renamed:
         return self.inner.embed(texts)
 
 
-@pytest.mark.parametrize("name", ["openai/text-embedding-3-small ", "OpenAI/text-embedding-3-small",
-                                  "openai/text-embedding-3-smal1"])
-def test_identical_vectors_under_a_lookalike_embedder_name_are_never_compared(empty_cache, shared_url, module_llm,
-                                                                               name):
+@pytest.mark.parametrize(
+    "name", ["openai/text-embedding-3-small ", "OpenAI/text-embedding-3-small", "openai/text-embedding-3-smal1"]
+)
+def test_identical_vectors_under_a_lookalike_embedder_name_are_never_compared(
+    empty_cache, shared_url, module_llm, name
+):
     first = empty_cache
     with Cache(shared_url, embedder=Renamed(first.embedder, name), llm=module_llm) as other:
         first.store(QUESTION, "stored by the real embedder")
@@ -245,8 +284,9 @@ def test_per_call_namespaces_of_the_drop_in_client_stay_apart(database_url, llm,
         client = pgcache.wrap(llm, cache)
 
         def ask(text, namespace, **kwargs):
-            return client.chat.completions.create(model="gpt-4o-mini", messages=[user(text)],
-                                                  pgcache={"namespace": namespace}, **kwargs)
+            return client.chat.completions.create(
+                model="gpt-4o-mini", messages=[user(text)], pgcache={"namespace": namespace}, **kwargs
+            )
 
         assert ask(QUESTION, "tenant-a").pgcache.status == "miss"
         assert ask(PARAPHRASE, "tenant-a").pgcache.status == "semantic"

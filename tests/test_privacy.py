@@ -38,11 +38,21 @@ def test_the_setting_and_its_variable():
 
 
 def test_no_prompt_text_is_stored_yet_both_tiers_serve(database_url, llm, fake):
-    earlier = [{"role": "user", "content": "Look up CVE-2024-3094 for me"},
-               {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "call_1", "type": "function", "function": {"name": "lookup_cve",
-                                                                     "arguments": '{"id": "CVE-2024-3094"}'}}]},
-               {"role": "tool", "tool_call_id": "call_1", "content": "xz backdoor"}]
+    earlier = [
+        {"role": "user", "content": "Look up CVE-2024-3094 for me"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "lookup_cve", "arguments": '{"id": "CVE-2024-3094"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "xz backdoor"},
+    ]
 
     def conversation(question):
         return [{"role": "system", "content": SYSTEM}, *earlier, {"role": "user", "content": question}]
@@ -56,8 +66,10 @@ def test_no_prompt_text_is_stored_yet_both_tiers_serve(database_url, llm, fake):
         cache.store(QUESTION, "Memory written past a buffer's end.", namespace="kb")
         assert cache.lookup(PARAPHRASE, namespace="kb").status == "semantic"
     prompt, request, has_vector = query(
-        database_url, "SELECT prompt, request, embedding IS NOT NULL FROM pgcache_entries WHERE id = %s",
-        (miss.entry_id,))[0]
+        database_url,
+        "SELECT prompt, request, embedding IS NOT NULL FROM pgcache_entries WHERE id = %s",
+        (miss.entry_id,),
+    )[0]
     assert prompt is None and has_vector, "the text is gone, its embedding stays (the semantic tier needs it)"
     assert request["model"] == "gpt-4o-mini"
     assert request["params"] == {"temperature": 0, "tools": TOOLS, "tool_choice": "none"}
@@ -65,8 +77,12 @@ def test_no_prompt_text_is_stored_yet_both_tiers_serve(database_url, llm, fake):
     assert system == {"role": "system", "content": sha256(SYSTEM)}
     assert ask == {"role": "user", "content": sha256("Look up CVE-2024-3094 for me")}
     assert call["role"] == "assistant" and call["tool_calls"] == [
-        {"id": "call_1", "type": "function",
-         "function": {"name": "lookup_cve", "arguments": sha256('{"id": "CVE-2024-3094"}')}}]
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "lookup_cve", "arguments": sha256('{"id": "CVE-2024-3094"}')},
+        }
+    ]
     assert result == {"role": "tool", "tool_call_id": "call_1", "content": sha256("xz backdoor")}
     assert final == {"role": "user", "content": sha256(QUESTION)}
     stored = " ".join(json.dumps(row[0]) for row in query(database_url, "SELECT request FROM pgcache_entries"))
@@ -90,8 +106,12 @@ def test_unverifiable_candidates_are_served_only_when_sure(database_url, llm, fa
     with private(database_url, llm, guard=False) as unguarded:
         assert unguarded.lookup(PARAPHRASE).status == "semantic", "nothing asked to verify: served as before"
     rows = query(database_url, "SELECT outcome, rejected_by FROM pgcache_lookups ORDER BY at")
-    assert rows == [("miss", "unverifiable: no stored prompt"), ("semantic", None),
-                    ("miss", "unverifiable: no stored prompt"), ("semantic", None)]
+    assert rows == [
+        ("miss", "unverifiable: no stored prompt"),
+        ("semantic", None),
+        ("miss", "unverifiable: no stored prompt"),
+        ("semantic", None),
+    ]
 
 
 def test_entries_stored_with_prompts_are_still_verified(database_url, llm, fake):
@@ -103,8 +123,9 @@ def test_entries_stored_with_prompts_are_still_verified(database_url, llm, fake)
         assert cache.lookup("How do I convert an integer to a string?") is None
         assert cache.lookup("Please convert a string to an integer").status == "semantic"
     rows = query(database_url, "SELECT outcome, rejected_by, prompt FROM pgcache_lookups ORDER BY at")
-    assert rows == [("miss", "guard: argument order", None), ("semantic", None, None)], \
+    assert rows == [("miss", "guard: argument order", None), ("semantic", None, None)], (
         "the guard read the entry's text; the asking side kept its own out of the ledger"
+    )
 
 
 def test_the_costs_invalidation_reports_and_feedback(database_url, llm, fake):

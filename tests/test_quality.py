@@ -63,8 +63,9 @@ def test_cache_calibrate_stores_a_threshold_every_process_uses(database_url, llm
         chosen = cache.calibrate(embedder.pairs, target_precision=0.92, source="fixture.csv")
         assert round(chosen.threshold, 6) == 0.95 and (chosen.true_positives, chosen.false_positives) == (40, 0)
         report = cache.evaluate(embedder.pairs)
-    assert query(database_url, "SELECT round(threshold::numeric, 6)::float8, pairs, source FROM pgcache_thresholds") == [
-        (0.95, 61, "fixture.csv")]
+    assert query(
+        database_url, "SELECT round(threshold::numeric, 6)::float8, pairs, source FROM pgcache_thresholds"
+    ) == [(0.95, 61, "fixture.csv")]
     with Cache(database_url, embedder=TableEmbedder(), llm=llm) as other:
         value, source = other.threshold_in_force()
         assert round(value, 6) == 0.95 and source.startswith("calibrated on fixture.csv at ")
@@ -77,14 +78,20 @@ def test_cache_calibrate_stores_a_threshold_every_process_uses(database_url, llm
 
 def write_pairs(tmp_path, rows, delimiter=","):
     path = tmp_path / "pairs.csv"
-    path.write_text("a{0}b{0}label\n".format(delimiter) + "".join(f"{a}{delimiter}{b}{delimiter}{l}\n" for a, b, l in rows))
+    path.write_text(
+        f"a{delimiter}b{delimiter}label\n" + "".join(f"{a}{delimiter}{b}{delimiter}{label}\n" for a, b, label in rows)
+    )
     return path
 
 
 def test_cli_evaluate_and_calibrate_with_the_fake_embeddings(database_url, fake, tmp_path):
-    rows = [("What is SQL injection", "Explain SQL injection", 1), ("SQL injection attacks", "SQL injection in PHP", 1),
-            ("buffer overflow basics", "what is a buffer overflow", 1), ("weather today", "SQL injection", 0),
-            ("buffer overflow", "sql injection defence", 0)]
+    rows = [
+        ("What is SQL injection", "Explain SQL injection", 1),
+        ("SQL injection attacks", "SQL injection in PHP", 1),
+        ("buffer overflow basics", "what is a buffer overflow", 1),
+        ("weather today", "SQL injection", 0),
+        ("buffer overflow", "sql injection defence", 0),
+    ]
     path = write_pairs(tmp_path, rows)
     env = {"PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": TEST_API_KEY}
     result = runner.invoke(app, ["evaluate", str(path), "--format", "json"], env=env)

@@ -37,8 +37,9 @@ def test_settings_and_from_env():
     settings = Settings.from_env({"PGCACHE_READ_DATABASE_URL": "postgres://reader:s3cret@replica/app"})
     assert settings.read_database_url == "postgres://reader:s3cret@replica/app"
     assert "s3cret" not in repr(settings)
-    cache = Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d",
-                            "PGCACHE_READ_DATABASE_URL": "postgres://reader@replica/app"})
+    cache = Cache.from_env(
+        {"PGCACHE_DATABASE_URL": "postgres://u@h/d", "PGCACHE_READ_DATABASE_URL": "postgres://reader@replica/app"}
+    )
     assert cache.read_database_url == "postgresql://reader@replica/app"
     assert Cache.from_env({"PGCACHE_DATABASE_URL": "postgres://u@h/d"}).read_database_url is None
 
@@ -46,9 +47,12 @@ def test_settings_and_from_env():
 def test_lookups_read_the_read_database_and_writes_go_to_the_primary(database_url, replica_url, llm, fake):
     with Cache(replica_url, embedder=OpenAIEmbedder(client=llm), llm=llm) as on_replica:
         replica_entry = on_replica.store(QUESTION, "answer from the replica")
-    query(replica_url, "INSERT INTO pgcache_thresholds (namespace, embedder, threshold, target_precision, "
-                       "precision_lower, pairs, source) VALUES ('default', %s, 0.9, 0.98, 0.98, 100, 'replica.csv')",
-          (EMBEDDER,))
+    query(
+        replica_url,
+        "INSERT INTO pgcache_thresholds (namespace, embedder, threshold, target_precision, "
+        "precision_lower, pairs, source) VALUES ('default', %s, 0.9, 0.98, 0.98, 100, 'replica.csv')",
+        (EMBEDDER,),
+    )
     with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, read_database_url=replica_url) as cache:
         exact = cache.lookup(QUESTION)
         assert (exact.status, exact.content, exact.entry_id) == ("exact", "answer from the replica", replica_entry)
@@ -61,15 +65,19 @@ def test_lookups_read_the_read_database_and_writes_go_to_the_primary(database_ur
         assert cache.read_breaker.failures == 0 and cache.breaker.failures == 0
     assert query(database_url, "SELECT prompt FROM pgcache_entries") == [("What is SQL injection?",)]
     assert query(replica_url, "SELECT prompt FROM pgcache_entries") == [(QUESTION,)]
-    assert query(database_url, "SELECT outcome FROM pgcache_lookups ORDER BY at") == [("exact",), ("semantic",),
-                                                                                    ("miss",)]
+    assert query(database_url, "SELECT outcome FROM pgcache_lookups ORDER BY at") == [
+        ("exact",),
+        ("semantic",),
+        ("miss",),
+    ]
     assert query(replica_url, "SELECT count(*) FROM pgcache_lookups") == [(0,)]
 
 
 def test_read_only_sessions_serve_every_lookup_while_everything_else_writes(database_url, llm, fake):
     name = f"pgcache-test-read-{uuid.uuid4().hex[:8]}"
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm,
-               read_database_url=read_only(database_url, name)) as cache:
+    with Cache(
+        database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, read_database_url=read_only(database_url, name)
+    ) as cache:
         assert cache.query(QUESTION).status == "miss"
         assert cache.query(QUESTION).status == "exact"
         semantic = cache.query(PARAPHRASE)
@@ -91,8 +99,13 @@ def test_read_only_sessions_serve_every_lookup_while_everything_else_writes(data
 
 
 def test_a_failing_read_database_falls_back_to_the_primary(database_url, llm, fake, caplog):
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, connect_timeout=0.5,
-               read_database_url="postgresql://reader@127.0.0.1:1/replica") as cache:
+    with Cache(
+        database_url,
+        embedder=OpenAIEmbedder(client=llm),
+        llm=llm,
+        connect_timeout=0.5,
+        read_database_url="postgresql://reader@127.0.0.1:1/replica",
+    ) as cache:
         cache.store(QUESTION, "answer")
         with caplog.at_level(logging.WARNING, logger="pgcache"):
             results = [cache.lookup(QUESTION), cache.lookup(PARAPHRASE), cache.lookup(QUESTION)]

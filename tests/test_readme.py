@@ -29,8 +29,9 @@ def test_quick_start_runs_verbatim(tmp_path, local_embedder):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("PGCACHE_DATABASE_URL", None)
     try:
-        done = subprocess.run([sys.executable, "-c", quick_start()], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", quick_start()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
     finally:
         embedded.stop(tmp_path / "pgcache" / "postgres")
     assert done.returncode == 0, done.stderr
@@ -47,11 +48,22 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
         env.pop(name, None)
     env["PGCACHE_EMBEDDER"] = "local"
     try:
-        warmed = subprocess.run([PGCACHE_SCRIPT, "warm", str(ROOT / "examples" / "faqs.tsv"),
-                                 "--namespace", "demo", "--tag", "demo"],
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        done = subprocess.run([sys.executable, str(ROOT / "examples" / "demo.py")], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        warmed = subprocess.run(
+            [PGCACHE_SCRIPT, "warm", str(ROOT / "examples" / "faqs.tsv"), "--namespace", "demo", "--tag", "demo"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo.py")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         embedded.stop(tmp_path / "pgcache" / "postgres")
     assert warmed.returncode == 0, warmed.stderr
@@ -70,9 +82,14 @@ def test_drop_in_example_runs(database_url, fake):
     script = block + (
         "\nfor _ in range(2):\n"
         "    done = client.chat.completions.create(model='gpt-4o-mini', messages=[{'role': 'user', 'content': 'hi'}])\n"
-        "    print(done.pgcache.status, done.choices[0].message.content)\n")
-    env = {**os.environ, "PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url,
-           "OPENAI_API_KEY": TEST_API_KEY}
+        "    print(done.pgcache.status, done.choices[0].message.content)\n"
+    )
+    env = {
+        **os.environ,
+        "PGCACHE_DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+    }
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["miss answer #1 to: hi", "exact answer #1 to: hi"]

@@ -86,8 +86,10 @@ def tenancy(server_url):
         yield state
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            existing = [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
-                                                   (list(names.values()),))]
+            existing = [
+                r[0]
+                for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(names.values()),))
+            ]
             if existing:
                 conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(map(sql.Identifier, existing))))
         drop_database(server_url, database)
@@ -119,13 +121,20 @@ def caches(clean, llm, fake):
 
 def test_policies_are_in_force_and_the_recipe_can_be_rerun(clean):
     run(clean.url("pgcache_owner"), clean.policies)
-    flags = query(clean.admin, "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
-                               "WHERE relname = ANY(%s) ORDER BY relname", (list(TABLES[:4]),))
+    flags = query(
+        clean.admin,
+        "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class WHERE relname = ANY(%s) ORDER BY relname",
+        (list(TABLES[:4]),),
+    )
     assert flags == [(name, True, True) for name in sorted(TABLES[:4])]
-    query(clean.admin, "INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms) "
-                       "VALUES (gen_random_uuid(), now(), 'tenant-b', 'm', 'miss', 1)")
-    assert query(clean.url("pgcache_owner"), "SELECT count(*) FROM pgcache_lookups") == [(0,)], \
+    query(
+        clean.admin,
+        "INSERT INTO pgcache_lookups (id, at, namespace, model, outcome, latency_ms) "
+        "VALUES (gen_random_uuid(), now(), 'tenant-b', 'm', 'miss', 1)",
+    )
+    assert query(clean.url("pgcache_owner"), "SELECT count(*) FROM pgcache_lookups") == [(0,)], (
         "FORCE: the owner sees no rows"
+    )
     assert query(clean.url("pgcache_maintainer"), "SELECT count(*) FROM pgcache_lookups") == [(1,)]
 
 
@@ -135,8 +144,9 @@ def test_a_tenant_reads_nothing_of_another_tenant(caches, clean, fake):
     assert b.query(PARAPHRASE).status == "semantic"
     b.flush()
     key = request_key(QUESTION, model="gpt-4o-mini", namespace="tenant-b").exact_key
-    assert query(clean.admin, "SELECT count(*) FROM pgcache_entries WHERE exact_key = %s", (key,)) == [(1,)], \
+    assert query(clean.admin, "SELECT count(*) FROM pgcache_entries WHERE exact_key = %s", (key,)) == [(1,)], (
         "tenant A's request below has the very key of B's entry: only the policies stop it"
+    )
 
     a = caches("tenant_a", "tenant-a")
     assert a.lookup(QUESTION) is None
@@ -146,12 +156,18 @@ def test_a_tenant_reads_nothing_of_another_tenant(caches, clean, fake):
     assert a.breaker.failures == 1, "its answer could not be stored in tenant-b (the only failure)"
 
     a_url = clean.url("tenant_a")
-    for relation in (*TABLES[:4], "pgcache_top_entries", "pgcache_near_misses", "pgcache_namespace_stats",
-                     "pgcache_daily_stats"):
+    for relation in (
+        *TABLES[:4],
+        "pgcache_top_entries",
+        "pgcache_near_misses",
+        "pgcache_namespace_stats",
+        "pgcache_daily_stats",
+    ):
         assert query(a_url, f"SELECT count(*) FROM {relation}") == [(0,)], relation
     scope, vector = query(clean.admin, "SELECT scope_key, embedding FROM pgcache_entries")[0]
-    assert query(a_url, "SELECT count(*) FROM pgcache_nearest(%s::vector, %s, 'openai/text-embedding-3-small')",
-                 (vector, scope)) == [(0,)]
+    assert query(
+        a_url, "SELECT count(*) FROM pgcache_nearest(%s::vector, %s, 'openai/text-embedding-3-small')", (vector, scope)
+    ) == [(0,)]
     assert query(a_url, "SELECT namespace FROM pgcache_tenants") == [("tenant-a",)]
     assert a.report()["totals"]["lookups"] == 0
     assert b.report()["totals"]["lookups"] == 2
@@ -161,8 +177,11 @@ def test_a_tenant_can_neither_invalidate_nor_overwrite_another_tenants_entries(c
     b = caches("tenant_b", "tenant-b")
     entry = b.store(QUESTION, "B's answer")
     b.store("an answer that expired", "old")
-    query(clean.admin, "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
-                       "'choices'->0->'message'->>'content' = 'old'")
+    query(
+        clean.admin,
+        "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
+        "'choices'->0->'message'->>'content' = 'old'",
+    )
 
     a = caches("tenant_a", "tenant-a")
     assert a.invalidate(namespace="tenant-b", all=True, yes=True) == 0
@@ -178,8 +197,11 @@ def test_a_tenant_can_neither_invalidate_nor_overwrite_another_tenants_entries(c
     assert _rowcount(a_url, "DELETE FROM pgcache_entries") == 0
     assert _rowcount(a_url, "UPDATE pgcache_entries SET namespace = 'tenant-a'") == 0
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-        query(a_url, "INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, request, response) "
-                     "VALUES ('tenant-b', '\\x00', '\\x00', 'm', '{}', '{}')")
+        query(
+            a_url,
+            "INSERT INTO pgcache_entries (namespace, exact_key, scope_key, model, request, response) "
+            "VALUES ('tenant-b', '\\x00', '\\x00', 'm', '{}', '{}')",
+        )
     with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
         query(a_url, "INSERT INTO pgcache_tenants VALUES ('tenant-c', current_user)")
 
@@ -204,8 +226,11 @@ def test_every_feature_works_for_a_tenant_under_the_policies(caches, clean, fake
     pairs += [Pair(f"unrelated question {i}", f"another matter {i}", 0) for i in range(30)]
     assert a.calibrate(pairs, target_precision=0.9) is not None
     a.store("an answer that expired", "old")
-    query(clean.admin, "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
-                       "'choices'->0->'message'->>'content' = 'old'")
+    query(
+        clean.admin,
+        "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
+        "'choices'->0->'message'->>'content' = 'old'",
+    )
     assert a.sweep().expired == 1
     assert len(set(a.store_many([(f"batch question {i}", f"answer {i}") for i in range(25)]))) == 25
     assert a.report()["totals"]["lookups"] == 3
@@ -223,12 +248,16 @@ def test_the_maintainer_sweeps_and_reports_across_tenants(caches, clean, fake):
         tenant.query(QUESTION)
         tenant.store("an answer that expired", "old")
         tenant.flush()
-    query(clean.admin, "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
-                       "'choices'->0->'message'->>'content' = 'old'")
+    query(
+        clean.admin,
+        "UPDATE pgcache_entries SET expires_at = now() - interval '1 hour' WHERE response->"
+        "'choices'->0->'message'->>'content' = 'old'",
+    )
     maintainer = caches("pgcache_maintainer", "default")
     assert maintainer.sweep().expired == 2
     namespaces = {row["namespace"] for row in maintainer.report()["top_entries"]} | {
-        row[0] for row in query(clean.url("pgcache_maintainer"), "SELECT namespace FROM pgcache_namespace_stats")}
+        row[0] for row in query(clean.url("pgcache_maintainer"), "SELECT namespace FROM pgcache_namespace_stats")
+    }
     assert namespaces == {"tenant-a", "tenant-b"}
     assert maintainer.breaker.failures == 0, "no privilege was missing"
     with pytest.raises(psycopg.errors.InsufficientPrivilege):

@@ -30,10 +30,13 @@ def test_models_and_migrations_agree(database_url):
     engine = create_engine(db.sqlalchemy_url(database_url))
     try:
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={
-                "compare_type": True,
-                "include_object": lambda obj, name, type_, *_: type_ != "table" or name != db.VERSION_TABLE,
-            })
+            context = MigrationContext.configure(
+                conn,
+                opts={
+                    "compare_type": True,
+                    "include_object": lambda obj, name, type_, *_: type_ != "table" or name != db.VERSION_TABLE,
+                },
+            )
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
@@ -65,8 +68,14 @@ def test_schema_newer_than_the_code_is_reported(database_url, llm):
 
 def test_alembic_upgrade_head_from_the_checkout(empty_database_url):
     env = {**os.environ, "PGCACHE_DATABASE_URL": empty_database_url}
-    done = subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert db.current_revision(empty_database_url) == db.head_revision()
 
@@ -74,8 +83,21 @@ def test_alembic_upgrade_head_from_the_checkout(empty_database_url):
 def test_db_upgrade_from_an_installed_wheel(tmp_path, empty_database_url):
     """The wheel carries its migrations: `pgcache db upgrade` works far from the checkout."""
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert built.returncode == 0, built.stderr
     wheel = next(tmp_path.glob("pgcache-*.whl"))
@@ -85,12 +107,15 @@ def test_db_upgrade_from_an_installed_wheel(tmp_path, empty_database_url):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     script = (
-        "import sys, pgcache.db as d; from pgcache.cli import main;"
-        "print(d.migrations_dir(), file=sys.stderr); main()"
+        "import sys, pgcache.db as d; from pgcache.cli import main;print(d.migrations_dir(), file=sys.stderr); main()"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, "db", "upgrade", "--database-url", empty_database_url],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     assert str(site / "pgcache" / "migrations") in done.stderr
@@ -116,8 +141,10 @@ def test_processes_share_one_embedded_server(tmp_path):
     data_dir = tmp_path / "shared"
     code = "import sys; from pgcache import embedded; print(embedded.start(sys.argv[1]))"
     try:
-        runs = [subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
-                for _ in range(3)]
+        runs = [
+            subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
         urls = {run.communicate(timeout=120)[0].strip() for run in runs}
         assert all(run.returncode == 0 for run in runs)
         assert len(urls) == 1
@@ -150,8 +177,10 @@ def _plain_postgres_bin() -> Path | None:
 
 def test_a_server_without_pgvector_is_named_in_the_error(server_url):
     bin_path = _plain_postgres_bin()
-    if bin_path is None or (Path("/usr/share/postgresql") / bin_path.parent.name / "extension"
-                            / "vector.control").exists():
+    if (
+        bin_path is None
+        or (Path("/usr/share/postgresql") / bin_path.parent.name / "extension" / "vector.control").exists()
+    ):
         pytest.skip("no PostgreSQL without pgvector on this machine: a server lacking the extension is not tried")
     import pwd
     import shutil
@@ -170,10 +199,28 @@ def test_a_server_without_pgvector_is_named_in_the_error(server_url):
             entry = pwd.getpwnam(user)
             os.chown(data, entry.pw_uid, entry.pw_gid)
         run = {"user": user} if user else {}
-        subprocess.run([str(bin_path / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust"],
-                       check=True, capture_output=True, **run)
-        subprocess.run([str(bin_path / "pg_ctl"), "-w", "-D", str(data / "db"), "-l", str(data / "log"),
-                        "-o", f"-h '' -k {data}", "start"], check=True, capture_output=True, **run)
+        subprocess.run(
+            [str(bin_path / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            **run,
+        )
+        subprocess.run(
+            [
+                str(bin_path / "pg_ctl"),
+                "-w",
+                "-D",
+                str(data / "db"),
+                "-l",
+                str(data / "log"),
+                "-o",
+                f"-h '' -k {data}",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            **run,
+        )
         url = f"postgresql://postgres@/postgres?host={data}"
         try:
             with pytest.raises(SchemaError, match="pgvector extension missing"):
@@ -183,7 +230,10 @@ def test_a_server_without_pgvector_is_named_in_the_error(server_url):
             with pytest.raises(SchemaError, match="pgcache db upgrade"):
                 Cache(url, fail_open=False).lookup("anything")
         finally:
-            subprocess.run([str(bin_path / "pg_ctl"), "-w", "-D", str(data / "db"), "-m", "fast", "stop"],
-                           capture_output=True, **run)
+            subprocess.run(
+                [str(bin_path / "pg_ctl"), "-w", "-D", str(data / "db"), "-m", "fast", "stop"],
+                capture_output=True,
+                **run,
+            )
     finally:
         shutil.rmtree(data, ignore_errors=True)

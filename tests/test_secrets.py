@@ -34,8 +34,7 @@ def database_as_text(url: str) -> str:
     """Every row of every table in the public schema, as PostgreSQL prints it."""
     tables = [row[0] for row in query(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
     assert "pgcache_entries" in tables and "pgcache_lookups" in tables
-    return "\n".join(str(row[0]) for table in tables
-                     for row in query(url, f'SELECT t::text FROM "{table}" AS t'))
+    return "\n".join(str(row[0]) for table in tables for row in query(url, f'SELECT t::text FROM "{table}" AS t'))
 
 
 def pg_dump(url: str) -> str | None:
@@ -57,20 +56,28 @@ def test_the_api_key_is_nowhere(database_url, llm, fake, tmp_path, caplog):
     caplog.set_level(logging.DEBUG, logger="pgcache")
     seen: list[str] = []
     fake.topics = ["buffer overflow", "sql injection", "convert"]
-    with Cache(database_url, embedder=OpenAIEmbedder(client=llm), llm=llm,
-               judge=LLMJudge(llm, model="gpt-4o-mini")) as cache:
-        for prompt in ("What is a buffer overflow?", "What is a buffer overflow?", "Explain buffer overflow attacks",
-                       "How do I convert a string to an integer?", "How do I convert an integer to a string?"):
-            seen.append(repr(cache.query(prompt, temperature=0,
-                                         extra_headers={"Authorization": f"Bearer {TEST_API_KEY}"})))
+    with Cache(
+        database_url, embedder=OpenAIEmbedder(client=llm), llm=llm, judge=LLMJudge(llm, model="gpt-4o-mini")
+    ) as cache:
+        for prompt in (
+            "What is a buffer overflow?",
+            "What is a buffer overflow?",
+            "Explain buffer overflow attacks",
+            "How do I convert a string to an integer?",
+            "How do I convert an integer to a string?",
+        ):
+            seen.append(
+                repr(cache.query(prompt, temperature=0, extra_headers={"Authorization": f"Bearer {TEST_API_KEY}"}))
+            )
         seen.append(repr(cache.query("What is SQL injection?")))
         semantic = cache.query("Explain SQL injection please")
         assert semantic.status == "semantic"
         seen.append(repr(cache.lookup("Describe SQL injection")))
         client = pgcache.wrap(llm, cache)
         for _ in range(2):
-            stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                    messages=[{"role": "user", "content": "Stream me an answer"}])
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "Stream me an answer"}]
+            )
             seen.extend(chunk.model_dump_json() for chunk in stream)
             seen.append(repr(stream.pgcache))
         fake.fail_chat = 500
@@ -84,8 +91,12 @@ def test_the_api_key_is_nowhere(database_url, llm, fake, tmp_path, caplog):
 
     questions = tmp_path / "questions.txt"
     questions.write_text("What is a heap overflow?\nWhat is cross-site scripting?\n")
-    env = {"PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": TEST_API_KEY,
-           "PGCACHE_EMBEDDER": "openai"}
+    env = {
+        "PGCACHE_DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PGCACHE_EMBEDDER": "openai",
+    }
     for args in (["warm", str(questions)], ["report"], ["report", "--format", "json"], ["db", "current"]):
         done = runner.invoke(app, args, env=env)
         assert done.exit_code == 0, done.output
@@ -96,11 +107,13 @@ def test_the_api_key_is_nowhere(database_url, llm, fake, tmp_path, caplog):
     seen += [failing.stdout, failing.stderr]
 
     assert fake.calls["chat"] >= 8 and fake.judge_calls >= 1, "the flow really called the LLM and the judge"
-    assert all(h.get("authorization") == f"Bearer {TEST_API_KEY}" for h in fake.headers), \
+    assert all(h.get("authorization") == f"Bearer {TEST_API_KEY}" for h in fake.headers), (
         "the key was really in use on every request"
+    )
     logged = [record.getMessage() + (record.exc_text or "") for record in caplog.records]
-    assert any(record.name.startswith("openai") or record.name.startswith("httpx") for record in caplog.records), \
+    assert any(record.name.startswith("openai") or record.name.startswith("httpx") for record in caplog.records), (
         "DEBUG logging of the SDK was captured too"
+    )
     dump = database_as_text(database_url)
     assert "Stream me an answer" in dump and "What is a heap overflow?" in dump, "the dump holds the flow's rows"
     full = pg_dump(database_url)
@@ -109,23 +122,31 @@ def test_the_api_key_is_nowhere(database_url, llm, fake, tmp_path, caplog):
         assert leaks(text) == [], text[:300]
 
 
-@pytest.mark.parametrize("url", [
-    f"postgresql://pgcache:{PASSWORD}@127.0.0.1:1/none",
-    f"postgresql://pgcache@127.0.0.1:1/none?password={PASSWORD}&sslmode=disable",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://pgcache:{PASSWORD}@127.0.0.1:1/none",
+        f"postgresql://pgcache@127.0.0.1:1/none?password={PASSWORD}&sslmode=disable",
+    ],
+)
 def test_a_password_in_a_failing_database_url_stays_out_of_errors_and_logs(url, llm, caplog):
     caplog.set_level(logging.DEBUG)
     errors: list[BaseException] = []
-    with Cache(url, llm=llm, fail_open=False, connect_timeout=0.5) as strict_cache, \
-            pytest.raises(DatabaseError) as strict:
+    with (
+        Cache(url, llm=llm, fail_open=False, connect_timeout=0.5) as strict_cache,
+        pytest.raises(DatabaseError) as strict,
+    ):
         strict_cache.lookup("q")
     errors.append(strict.value)
     with Cache(url, embedder=OpenAIEmbedder(client=llm), llm=llm, connect_timeout=0.5) as lenient:
         assert lenient.lookup("q") is None, "fail-open: a miss"
     done = runner.invoke(app, ["db", "current", "--database-url", url])
     assert done.exit_code == 1
-    texts = [done.stdout, done.stderr, repr(Settings.from_env({"PGCACHE_DATABASE_URL": url,
-                                                               "PGCACHE_READ_DATABASE_URL": url}))]
+    texts = [
+        done.stdout,
+        done.stderr,
+        repr(Settings.from_env({"PGCACHE_DATABASE_URL": url, "PGCACHE_READ_DATABASE_URL": url})),
+    ]
     for error in errors:
         while error is not None:  # the whole chain: what a traceback would print
             texts += [str(error), repr(error)]

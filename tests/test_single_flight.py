@@ -51,10 +51,19 @@ def test_fifty_threads_one_upstream_call(database_url, llm, fake):
 def test_fifty_processes_one_upstream_call(database_url, fake, tmp_path):
     fake.chat_delay = 1.0
     go = tmp_path / "go"
-    env = {**os.environ, "PGCACHE_DATABASE_URL": database_url, "OPENAI_BASE_URL": fake.base_url,
-           "OPENAI_API_KEY": TEST_API_KEY, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    workers = [subprocess.Popen([sys.executable, str(WORKER), str(go)], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for _ in range(50)]
+    env = {
+        **os.environ,
+        "PGCACHE_DATABASE_URL": database_url,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": TEST_API_KEY,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(go)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(50)
+    ]
     ready = 0
     deadline = time.monotonic() + 240
     while ready < 50 and time.monotonic() < deadline:

@@ -13,13 +13,25 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("chat", "warm", "sweep", "invalidate", "reindex")
-ZEROS = ("errors", "deadlocks", "duplicate exact keys", "unreadable answers", "lookups missing from the ledger",
-         "LLM calls other than misses", "invalid indexes")
+ZEROS = (
+    "errors",
+    "deadlocks",
+    "duplicate exact keys",
+    "unreadable answers",
+    "lookups missing from the ledger",
+    "LLM calls other than misses",
+    "invalid indexes",
+)
 
 
 def test_short_soak_runs_every_operation_and_breaks_nothing():
-    done = subprocess.run([sys.executable, "scripts/soak.py", "--seconds", "8", "--workers", "4",
-                           "--progress-every", "2"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "scripts/soak.py", "--seconds", "8", "--workers", "4", "--progress-every", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     output = done.stdout + done.stderr
     ops = dict(re.findall(rf"(?m)^  ({'|'.join(KINDS)})\s+(\d+) ops", done.stdout))
     zeros = dict(re.findall(rf"(?m)^  ({'|'.join(ZEROS)})\s+(\d+)", done.stdout))

@@ -27,13 +27,20 @@ def test_store_then_lookup_exact_and_semantic(cache, fake):
 
 def test_stored_row_is_complete(cache, database_url):
     entry_id = cache.store("What is SQL injection?", "answer", tags=["a", "b"], temperature=0)
-    row = query(database_url, """
+    row = query(
+        database_url,
+        """
         SELECT namespace, model, embedder, prompt, request, response->'choices'->0->'message'->>'content',
                tags, source, expires_at, vector_dims(embedding), length(exact_key), length(scope_key)
-        FROM pgcache_entries WHERE id = %s""", (entry_id,))[0]
+        FROM pgcache_entries WHERE id = %s""",
+        (entry_id,),
+    )[0]
     assert row[:4] == ("default", "gpt-4o-mini", "openai/text-embedding-3-small", "What is SQL injection?")
-    assert row[4] == {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is SQL injection?"}],
-                      "params": {"temperature": 0}}
+    assert row[4] == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "What is SQL injection?"}],
+        "params": {"temperature": 0},
+    }
     assert row[5:] == ("answer", ["a", "b"], "manual", None, 1536, 32, 32)
 
 
@@ -45,12 +52,24 @@ def test_params_are_part_of_the_key(cache):
 
 def test_store_full_chat_completion_round_trips(cache):
     completion = {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "gpt-4o-mini",
         "system_fingerprint": "fp_1",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-            "role": "assistant", "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "lookup", "arguments": "{\"q\": \"x\"}"}}]}}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "x"}'}}
+                    ],
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
     }
     cache.store("call the tool", completion)
@@ -120,8 +139,13 @@ def test_ttl_sets_expiry(database_url, llm):
         cache.store("a", "default ttl")
         cache.store("b", "per-call ttl", ttl=60)
         cache.store("c", "never", ttl=None)
-    rows = dict(query(database_url, """
-        SELECT prompt, round(extract(epoch FROM expires_at - created_at)) FROM pgcache_entries"""))
+    rows = dict(
+        query(
+            database_url,
+            """
+        SELECT prompt, round(extract(epoch FROM expires_at - created_at)) FROM pgcache_entries""",
+        )
+    )
     assert rows == {"a": 7200, "b": 60, "c": None}
 
 

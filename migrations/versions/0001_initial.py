@@ -60,9 +60,7 @@ def upgrade() -> None:
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
         sa.Column("total_tokens", sa.Integer(), nullable=True),
         sa.CheckConstraint("source IN ('llm', 'warm', 'manual')", name="pgcache_entries_source_check"),
-        sa.CheckConstraint(
-            "(embedding IS NULL) = (embedder IS NULL)", name="pgcache_entries_embedder_check"
-        ),
+        sa.CheckConstraint("(embedding IS NULL) = (embedder IS NULL)", name="pgcache_entries_embedder_check"),
         sa.PrimaryKeyConstraint("id", name="pgcache_entries_pkey"),
         sa.UniqueConstraint("exact_key", name="pgcache_entries_exact_key_key"),
     )
@@ -95,8 +93,7 @@ def upgrade() -> None:
         sa.Column("completion_tokens", sa.Integer(), nullable=True),
         sa.Column("error", sa.Text(), nullable=True),
         sa.CheckConstraint(
-            "outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')",
-            name="pgcache_lookups_outcome_check",
+            "outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="pgcache_lookups_outcome_check"
         ),
         sa.PrimaryKeyConstraint("id", name="pgcache_lookups_pkey"),
     )

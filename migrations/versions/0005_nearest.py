@@ -40,8 +40,7 @@ HALF = "embedding::halfvec(1536)"
 
 def _index_lists() -> int:
     bind = op.get_bind()
-    options = bind.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = :name"),
-                           {"name": INDEX}).scalar()
+    options = bind.execute(sa.text("SELECT reloptions FROM pg_class WHERE relname = :name"), {"name": INDEX}).scalar()
     for option in options or []:
         name, _, value = option.partition("=")
         if name == "lists":
@@ -52,8 +51,7 @@ def _index_lists() -> int:
 def _rebuild_index(expression: str, ops: str) -> None:
     lists = _index_lists()
     op.execute(f"DROP INDEX {INDEX}")
-    op.execute(f"CREATE INDEX {INDEX} ON pgcache_entries USING ivfflat (({expression}) {ops}) "
-               f"WITH (lists = {lists})")
+    op.execute(f"CREATE INDEX {INDEX} ON pgcache_entries USING ivfflat (({expression}) {ops}) WITH (lists = {lists})")
 
 
 def upgrade() -> None:
