@@ -4,6 +4,11 @@
 local embedder, then this script. Everything runs offline: the embedded
 PostgreSQL and the bundled all-MiniLM-L6-v2 model, no API key and no LLM call.
 Set PGCACHE_DATABASE_URL to use your own server.
+
+When a learned verifier is stored for the namespace (e.g. after
+`pgcache verifier train examples/faq-pairs.csv --namespace demo`, with the same
+PGCACHE_EMBEDDER=local), it decides the semantic hits, and the script says which
+candidates it refused.
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ def main() -> None:
     transformers_logging.disable_progress_bar()
     cache = Cache.from_env(embedder=LocalEmbedder(), namespace="demo")
     print(f"database: {db.redact(cache.url)}")
-    print(f"embedder: {cache.embedder.name}, semantic threshold (cosine similarity) {cache.threshold}")
+    learned = cache.verifiers.in_force("demo")
+    if learned is None:
+        print(f"embedder: {cache.embedder.name}, semantic threshold (cosine similarity) {cache.threshold}")
+    else:
+        print(
+            f"embedder: {cache.embedder.name}, learned verifier version {learned.stored.version} "
+            f"(serves from probability {learned.threshold:.3f}, scores candidates from cosine "
+            f"{cache.settings.verifier_floor})"
+        )
     print(f"warmed FAQ entries in namespace 'demo': {cache.preview_invalidation(tags=['demo'])[0]}\n")
 
     counts: Counter[str] = Counter()
@@ -45,11 +58,26 @@ def main() -> None:
         similarity = f"{hit.similarity:.3f}" if hit and hit.similarity is not None else "-"
         answer = _shorten(hit.content) if hit else "(no cached answer: this would go to the LLM)"
         print(f"{status:<9} {similarity:>10}  {question}\n{'':21}-> {answer}")
+    cache.flush()
+    refused = _refusals(cache, len(QUESTIONS))
     cache.close()
+    for question, reason in zip(QUESTIONS, refused, strict=True):
+        if reason and reason.startswith("verifier"):
+            print(f"the learned verifier refused the nearest entry for {question!r} ({reason})")
     print(
         f"\nsummary: {len(QUESTIONS)} questions, {counts['exact']} exact hits, "
         f"{counts['semantic']} semantic hits, {counts['miss']} misses; no API key used"
     )
+
+
+def _refusals(cache: Cache, count: int) -> list[str | None]:
+    """Why each of the last ``count`` lookups of the namespace served nothing (the ledger's ``rejected_by``)."""
+    with cache.database().connection() as conn:
+        rows = conn.execute(
+            "SELECT rejected_by FROM pgcache_lookups WHERE namespace = 'demo' ORDER BY at DESC LIMIT %s", (count,)
+        ).fetchall()
+    reasons = [row[0] for row in reversed(rows)]
+    return [None] * (count - len(reasons)) + reasons
 
 
 def _shorten(text: str, width: int = 64) -> str:

@@ -8,14 +8,14 @@ embedder and thresholds, never its private state.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import psycopg
 
-from . import maintenance, quality, queries
+from . import maintenance, quality, queries, training, verifiers
 from .backend import Backend
 from .config import UNSET, Settings, default_prices
 from .durations import parse_ttl
@@ -25,6 +25,7 @@ from .ledger import LedgerWriter
 from .lookup import Thresholds
 from .report import build_report
 from .validation import check_name, check_source, check_tags, check_threshold
+from .verifiers import Verifiers
 
 FEEDBACK_MARGIN = 1e-5
 """A wrong hit raises the entry's own threshold this far above the similarity that served it."""
@@ -35,12 +36,19 @@ class Admin:
     """Sweep, invalidate, reindex, report, evaluate, calibrate and feedback for one cache."""
 
     def __init__(
-        self, backend: Backend, embedder: Any, thresholds: Thresholds, ledger: LedgerWriter, settings: Settings
+        self,
+        backend: Backend,
+        embedder: Any,
+        thresholds: Thresholds,
+        ledger: LedgerWriter,
+        settings: Settings,
+        learned: Verifiers | None = None,
     ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.thresholds = thresholds
         self.ledger = ledger
+        self.learned = learned
         self.namespace = settings.namespace
         self.prices = default_prices(settings)
         self.max_entries = settings.max_entries
@@ -97,6 +105,8 @@ class Admin:
             "value": value,
             "source": source,
         }
+        stored = self.backend.write(verifiers.newest, namespace or self.namespace, self.embedder.name)
+        figures["verifier"] = None if stored is None else _verifier_summary(stored)
         index = self.index_status()
         figures["index"] = {
             "rows": index.rows,
@@ -158,6 +168,69 @@ class Admin:
             )
             self.thresholds.forget(namespace)
         return chosen
+
+    def train_verifier(
+        self,
+        pairs: Sequence[quality.Pair] = (),
+        *,
+        namespace: str | None = None,
+        with_feedback: bool = False,
+        from_judge: bool = False,
+        target_precision: float = 0.98,
+        options: Any = None,
+        save: bool = True,
+        progress: Any = None,
+    ) -> training.TrainingResult:
+        """Train a learned verifier on labelled pairs, feedback and judge verdicts; store it if it calibrates.
+
+        ``options`` is a :class:`pgcache.crossencoder.TrainingOptions` (epochs,
+        LoRA rank, held-out share, ...). The probability threshold is the lowest
+        whose held-out precision (95% lower bound) reaches ``target_precision``;
+        when none does, nothing is stored (``result.stored`` is None). Every
+        process using the database picks the new version up within a minute.
+        """
+        namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
+        gathered, sources = training.gather(
+            self.backend, namespace, self.embedder.name, pairs, with_feedback=with_feedback, from_judge=from_judge
+        )
+        result = training.train(
+            self.backend,
+            namespace,
+            self.embedder.name,
+            gathered,
+            sources,
+            target_precision=target_precision,
+            options=options,
+            save=save,
+            progress=progress,
+        )
+        if self.learned is not None:
+            self.learned.forget(namespace)
+        return result
+
+    def list_verifiers(self, namespace: str | None = None) -> list[verifiers.StoredVerifier]:
+        """The stored verifiers (of ``namespace``; all when None), newest version first."""
+        return self.backend.write(verifiers.listing, namespace)
+
+    def show_verifier(self, version: int | None = None, namespace: str | None = None) -> verifiers.StoredVerifier:
+        """A stored verifier of the namespace (default: the cache's): the given version, else the one in force."""
+        namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
+        found = [v for v in self.list_verifiers(namespace) if v.embedder == self.embedder.name]
+        chosen = next((v for v in found if version is None or v.version == version), None)
+        if chosen is None:
+            which = "a verifier" if version is None else f"verifier version {version}"
+            raise InvalidRequestError(f"no {which} for namespace {namespace!r} and embedder {self.embedder.name}")
+        return chosen
+
+    def delete_verifier(self, version: int, namespace: str | None = None) -> None:
+        """Delete one stored version; the previous one (if any) comes into force."""
+        namespace = self.namespace if namespace is None else check_name(namespace, "namespace")
+        if not self.backend.write(verifiers.delete, namespace, self.embedder.name, version):
+            raise InvalidRequestError(
+                f"no verifier version {version} for namespace {namespace!r} and embedder {self.embedder.name}"
+            )
+        if self.learned is not None:
+            self.learned.forget(namespace)
 
     def feedback(self, verdict: str, lookup_id: Any) -> float | None:
         """Judge a semantic hit ``"wrong"`` or ``"right"``; both keep the pair for calibration.
@@ -229,6 +302,19 @@ class Admin:
         elif min_similarity is not None:
             raise InvalidRequestError("min_similarity only applies together with similar_to")
         return filters
+
+
+def _verifier_summary(stored: verifiers.StoredVerifier) -> dict[str, Any]:
+    at = stored.metrics.get("at_threshold") or {}
+    return {
+        "version": stored.version,
+        "threshold": stored.threshold,
+        "precision": at.get("precision"),
+        "precision_lower": at.get("precision_lower"),
+        "recall": at.get("recall"),
+        "pairs": stored.metrics.get("pairs"),
+        "created_at": stored.created_at.isoformat(),
+    }
 
 
 def save_threshold(

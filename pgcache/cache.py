@@ -30,6 +30,7 @@ from .lookup import Finder, Thresholds
 from .options import CallOptions
 from .result import CacheResult
 from .validation import check_embedder, check_source, check_tags, check_threshold
+from .verifiers import Verifiers
 from .verify import build_verifier
 from .warm import WarmResult, warm_file
 
@@ -107,11 +108,21 @@ class Cache:
         self.ledger = LedgerWriter(functools.partial(self.backend.attempt, self.backend.database))
         self.thresholds = Thresholds(self.backend, self.embedder, s.threshold)
         self.keys = RequestKeys(s.model, s.namespace)
-        verifier = build_verifier(s, self.judge)
-        self.finder = Finder(self.backend, self.embedder, self.thresholds, verifier, store_prompts=s.store_prompts)
+        self.verifiers = Verifiers(self.backend, self.embedder, s.verifier, s.verifier_threshold)
+        verifier = build_verifier(s, self.judge, self.ledger.record, breaker=self.verifiers.breaker)
+        self.finder = Finder(
+            self.backend,
+            self.embedder,
+            self.thresholds,
+            verifier,
+            store_prompts=s.store_prompts,
+            verifiers=self.verifiers,
+            verifier_floor=s.verifier_floor,
+            verifier_candidates=s.verifier_candidates,
+        )
         self.entries = Entries(self.backend, self.embedder, self.keys, store_prompts=s.store_prompts)
         self.flights = SingleFlight(self.backend, self.finder, self.entries, self.ledger, self.keys, s)
-        self.admin = Admin(self.backend, self.embedder, self.thresholds, self.ledger, s)
+        self.admin = Admin(self.backend, self.embedder, self.thresholds, self.ledger, s, self.verifiers)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         # Queued ledger rows are written even when the cache is never closed.
@@ -298,6 +309,10 @@ class Cache:
     evaluate = _Forward("admin", Admin.evaluate)
     calibrate = _Forward("admin", Admin.calibrate)
     feedback = _Forward("admin", Admin.feedback)
+    train_verifier = _Forward("admin", Admin.train_verifier)
+    list_verifiers = _Forward("admin", Admin.list_verifiers)
+    show_verifier = _Forward("admin", Admin.show_verifier)
+    delete_verifier = _Forward("admin", Admin.delete_verifier)
 
     # -- lifecycle ----------------------------------------------------------------------------
 

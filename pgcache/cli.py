@@ -11,7 +11,8 @@ import typer
 
 from . import config, db, embedded, quality, report_render
 from .cache import Cache
-from .config import Settings
+from .cli_options import DatabaseUrl, DataDir, Namespace, given, open_cache, settings_for, url_for
+from .cli_verifier import app as verifier_app
 from .durations import parse_ttl
 from .errors import PgcacheError
 from .warm import WarmResult
@@ -25,11 +26,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Create, migrate and locate the cache database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(verifier_app, name="verifier")
 
-# Shared options: their help comes from the settings' declarations (pgcache.config).
-DatabaseUrl = Annotated[Optional[str], typer.Option("--database-url", help=config.doc("database_url"))]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help=config.doc("data_dir"))]
-Namespace = Annotated[Optional[str], typer.Option("--namespace", "-n", help=config.doc("namespace"))]
 Retrain = Annotated[
     bool,
     typer.Option(
@@ -37,24 +35,6 @@ Retrain = Annotated[
         help="Retrain the ivfflat index when the table has doubled or halved since it was trained.",
     ),
 ]
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options given on the command line; the others come from PGCACHE_* variables or defaults."""
-    return {name: value for name, value in options.items() if value is not None}
-
-
-def _cache(database_url: str | None, data_dir: Path | None = None, namespace: str | None = None) -> Cache:
-    return Cache(**_given(database_url=database_url, data_dir=data_dir, namespace=namespace))
-
-
-def _settings(database_url: str | None, data_dir: Path | None) -> Settings:
-    return Settings.resolve(_given(database_url=database_url, data_dir=data_dir))
-
-
-def _url(database_url: str | None, data_dir: Path | None) -> str:
-    settings = _settings(database_url, data_dir)
-    return db.resolve_url(settings.database_url, settings.data_dir)[0]
 
 
 @db_app.command("upgrade")
@@ -67,7 +47,7 @@ def db_upgrade(
 
     Example: pgcache db upgrade --database-url postgresql://app@db.internal/app
     """
-    url = _url(database_url, data_dir)
+    url = url_for(database_url, data_dir)
     db.upgrade(url, revision)
     typer.echo(f"schema at {db.current_revision(url)} in {db.redact(url)}")
 
@@ -85,7 +65,7 @@ def db_downgrade(
     """
     if not yes:
         raise PgcacheError("downgrading can drop cached data; add --yes to confirm")
-    url = _url(database_url, data_dir)
+    url = url_for(database_url, data_dir)
     db.downgrade(url, revision)
     typer.echo(f"schema at {db.current_revision(url) or 'base (no pgcache tables)'} in {db.redact(url)}")
 
@@ -96,7 +76,7 @@ def db_current(database_url: DatabaseUrl = None, data_dir: DataDir = None) -> No
 
     Example: pgcache db current
     """
-    url = _url(database_url, data_dir)
+    url = url_for(database_url, data_dir)
     current, head = db.current_revision(url), db.head_revision()
     state = "up to date" if current == head else "run `pgcache db upgrade`"
     typer.echo(f"database: {current or 'none'}\npgcache:  {head}\n{state}")
@@ -112,7 +92,7 @@ def db_url(
 
     Example: psql "$(pgcache db url)" -c 'SELECT count(*) FROM pgcache_entries'
     """
-    url = _url(database_url, data_dir)
+    url = url_for(database_url, data_dir)
     typer.echo(url if show_password else db.redact(url))
 
 
@@ -122,7 +102,7 @@ def db_stop(data_dir: DataDir = None) -> None:
 
     Example: pgcache db stop
     """
-    stopped = embedded.stop(_settings(None, data_dir).data_dir)
+    stopped = embedded.stop(settings_for(None, data_dir).data_dir)
     typer.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
 
 
@@ -153,7 +133,7 @@ def warm(
     """
     if ttl is not None:
         parse_ttl(ttl, name="--ttl")
-    with _cache(database_url, data_dir, namespace) as cache:
+    with open_cache(database_url, data_dir, namespace) as cache:
         result = _run_warm(
             cache,
             file,
@@ -230,13 +210,13 @@ def sweep(
     retention = parse_ttl(ledger_retention, name="--ledger-retention")
     if retention is None:
         raise PgcacheError("--ledger-retention must be a duration such as 90d")
-    with _cache(database_url, data_dir) as cache:
+    with open_cache(database_url, data_dir) as cache:
         result = cache.sweep(
             batch_size=batch_size,
             max_seconds=max_seconds,
             ledger_retention_days=retention / 86400,
             dry_run=dry_run,
-            **_given(max_entries=max_entries),
+            **given(max_entries=max_entries),
         )
         if result.skipped:
             typer.echo("another sweep is running; nothing done")
@@ -288,7 +268,7 @@ def invalidate(
         "key": key,
         "all": all_entries,
     }
-    with _cache(database_url, data_dir, namespace) as cache:
+    with open_cache(database_url, data_dir, namespace) as cache:
         if dry_run:
             count, sample = cache.preview_invalidation(**filters)
             typer.echo(f"would delete {count} entries")
@@ -312,7 +292,7 @@ def reindex(
 
     Example: pgcache reindex
     """
-    with _cache(database_url, data_dir) as cache:
+    with open_cache(database_url, data_dir) as cache:
         result = cache.reindex(lists=lists, maintenance_work_mem=maintenance_work_mem)
     if result.skipped:
         typer.echo("another reindex is running; nothing done")
@@ -343,7 +323,7 @@ def report(
     """
     if output not in ("table", "json", "csv"):
         raise PgcacheError(f"--format must be table, json or csv, got {output!r}")
-    with _cache(database_url, data_dir) as cache:
+    with open_cache(database_url, data_dir) as cache:
         figures = cache.report(since=since, namespace=namespace, model=model, limit=limit)
     if output == "json":
         typer.echo(json.dumps(figures, indent=2))
@@ -373,33 +353,21 @@ def evaluate(
     if output not in ("table", "json"):
         raise PgcacheError(f"--format must be table or json, got {output!r}")
     labelled = quality.read_pairs(pairs)
-    with _cache(database_url, data_dir, namespace) as cache:
+    with open_cache(database_url, data_dir, namespace) as cache:
         figures = cache.evaluate(labelled)
     if output == "json":
         typer.echo(json.dumps(figures, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     console.print(f"{figures['pairs']} pairs ({figures['positives']} same-answer), embedder {figures['embedder']}")
-    table = Table()
-    for column in ("threshold", "precision", "95% lower", "recall", "F1", "wrong hits"):
-        table.add_column(column, justify="right")
-    for row in figures["grid"]:
-        table.add_row(
-            f"{row['threshold']:.2f}",
-            _ratio(row["precision"]),
-            _ratio(row["precision_lower"]),
-            _ratio(row["recall"]),
-            _ratio(row["f1"]),
-            f"{row['wrong_hit_rate']:.1%}",
-        )
-    console.print(table)
+    console.print(report_render.grid_table(figures["grid"]))
     at = figures["at_threshold"]
     console.print(
         f"in force: {figures['threshold']:.4f} ({figures['threshold_source']}): precision "
-        f"{_ratio(at['precision'])}, recall {_ratio(at['recall'])}, wrong hits {at['wrong_hit_rate']:.1%}"
+        f"{report_render.ratio(at['precision'])}, recall {report_render.ratio(at['recall'])}, "
+        f"wrong hits {at['wrong_hit_rate']:.1%}"
     )
 
 
@@ -422,7 +390,7 @@ def calibrate(
     Example: PGCACHE_EMBEDDER=local pgcache calibrate pairs.csv --target-precision 0.98
     """
     labelled = quality.read_pairs(pairs)
-    with _cache(database_url, data_dir, namespace) as cache:
+    with open_cache(database_url, data_dir, namespace) as cache:
         chosen = cache.calibrate(
             labelled,
             target_precision=target_precision,
@@ -439,7 +407,8 @@ def calibrate(
     verb = "would store" if dry_run else "stored"
     typer.echo(
         f"{verb} threshold {chosen.threshold:.4f} for {embedder}: precision {chosen.precision:.3f} "
-        f"(95% lower bound {chosen.precision_lower:.3f}), recall {_ratio(chosen.recall)} on {len(labelled)} pairs"
+        f"(95% lower bound {chosen.precision_lower:.3f}), recall {report_render.ratio(chosen.recall)} "
+        f"on {len(labelled)} pairs"
     )
 
 
@@ -456,16 +425,12 @@ def feedback(
 
     Example: pgcache feedback wrong 0b7e9c1e-5d7c-4c39-9a53-7f0f5f3c2a11
     """
-    with _cache(database_url, data_dir) as cache:
+    with open_cache(database_url, data_dir) as cache:
         threshold = cache.feedback(verdict, lookup_id)
     if verdict == "right":
         typer.echo("kept as a right hit")
     else:
         typer.echo(f"kept as a wrong hit; the entry now needs similarity >= {threshold:.5f}")
-
-
-def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def main() -> None:

@@ -156,6 +156,20 @@ def _seconds(value: Any, label: str) -> float:
     return float(value)
 
 
+def _fraction(value: Any, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigurationError(f"{label} must be a number in [0, 1), got {short_repr(value)}")
+    return float(value)
+
+
+def _fraction_text(text: str, label: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{label} must be a number in [0, 1), got {text!r}") from None
+    return _fraction(number, label)
+
+
 def _flag_text(text: str, label: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -302,6 +316,30 @@ class Settings:
     )
     store_prompts: bool = setting(
         True, FLAG, "`false`: no prompt text in entries or the ledger, message contents stored as SHA-256"
+    )
+    verifier: str = setting(
+        "auto",
+        _text_kind(_choice("auto", "off")),
+        "`auto`: the namespace's learned verifier decides semantic hits once one is trained (`pgcache verifier "
+        "train`); `off`: never",
+    )
+    verifier_floor: float = setting(
+        0.6, SIMILARITY, "with a learned verifier in force, the cosine similarity from which it scores candidates"
+    )
+    verifier_candidates: int = setting(
+        3, Kind(_count_text(1), _count(1)), "how many of the nearest entries the learned verifier scores per lookup"
+    )
+    verifier_threshold: float | None = setting(
+        None,
+        OPTIONAL_SIMILARITY,
+        "the learned verifier's probability from which a candidate is served",
+        "the one calibrated at training",
+    )
+    judge_margin: float = setting(
+        0.2,
+        Kind(_fraction_text, _fraction),
+        "with a learned verifier and a judge, the judge is asked only when the verifier's probability is within "
+        "this distance of its threshold",
     )
 
     def __repr__(self) -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from . import queries
 from .backend import Unavailable
 from .connections import Database
@@ -51,6 +53,10 @@ class LookupRecord:
     prompt: str | None = None
     """The request's text, kept for semantic hits only (feedback turns it into a labelled pair)."""
     judge_tokens: int | None = None
+    verifier_probability: float | None = None
+    """The learned verifier's probability for the nearest candidate, when it scored one."""
+    verifier_scores: list[dict[str, Any]] | None = None
+    """Every candidate the verifier scored: entry id, similarity, probability."""
 
     @classmethod
     def start(cls, model: str, namespace: str) -> LookupRecord:
@@ -70,12 +76,36 @@ class LookupRecord:
 
     def params(self) -> dict[str, Any]:
         """The row's values by column name."""
-        return {name: getattr(self, name) for name in LOOKUP_COLUMNS}
+        values = {name: getattr(self, name) for name in LOOKUP_COLUMNS}
+        if self.verifier_scores is not None:
+            values["verifier_scores"] = Jsonb(self.verifier_scores)
+        return values
+
+
+@dataclass(slots=True)
+class Judgement:
+    """One row of ``pgcache_judgements``: the LLM judge's verdict on a candidate, kept to train a verifier on."""
+
+    at: datetime
+    lookup_id: uuid.UUID
+    namespace: str
+    embedder: str | None
+    judge: str | None
+    prompt: str
+    entry_prompt: str
+    similarity: float
+    verifier_probability: float | None
+    verdict: bool
+
+    def params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in JUDGEMENT_COLUMNS}
 
 
 LOOKUP_COLUMNS = tuple(field.name for field in fields(LookupRecord))
-# Bound by name, from the record's own fields: reordering a field cannot shift a column.
+JUDGEMENT_COLUMNS = tuple(field.name for field in fields(Judgement))
+# Bound by name, from the records' own fields: reordering a field cannot shift a column.
 INSERT_LOOKUP = queries.insert_named("pgcache_lookups", LOOKUP_COLUMNS)
+INSERT_JUDGEMENT = queries.insert_named("pgcache_judgements", JUDGEMENT_COLUMNS)
 
 
 class LedgerWriter:
@@ -97,7 +127,8 @@ class LedgerWriter:
         self._wake = threading.Event()
         self._failing = False
 
-    def record(self, row: LookupRecord) -> None:
+    def record(self, row: LookupRecord | Judgement) -> None:
+        """Queue a ledger row (or a judge's verdict); the writer thread starts on first use."""
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._start()
@@ -132,7 +163,7 @@ class LedgerWriter:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            batch: list[LookupRecord] = []
+            batch: list[LookupRecord | Judgement] = []
             waiters: list[threading.Event] = []
             stop = False
             while True:
@@ -156,10 +187,12 @@ class LedgerWriter:
             if stop:
                 return
 
-    def _write(self, batch: list[LookupRecord]) -> None:
+    def _write(self, batch: list[LookupRecord | Judgement]) -> None:
+        lookups = [row for row in batch if isinstance(row, LookupRecord)]
+        judgements = [row for row in batch if isinstance(row, Judgement)]
         hits: Counter[int] = Counter()
         last: dict[int, datetime] = {}
-        for row in batch:
+        for row in lookups:
             if row.entry_id is not None and row.outcome in ("exact", "semantic"):
                 hits[row.entry_id] += 1
                 last[row.entry_id] = max(last.get(row.entry_id, row.at), row.at)
@@ -167,7 +200,10 @@ class LedgerWriter:
         try:
             with self.database().connection() as conn, conn.transaction(), conn.cursor() as cur:
                 cur.execute(queries.ASYNC_COMMIT)
-                cur.executemany(INSERT_LOOKUP, [row.params() for row in batch])
+                if lookups:
+                    cur.executemany(INSERT_LOOKUP, [row.params() for row in lookups])
+                if judgements:
+                    cur.executemany(INSERT_JUDGEMENT, [row.params() for row in judgements])
                 if ids:
                     cur.execute(queries.COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
         except (PgcacheError, Unavailable) as exc:  # the ledger must never break lookups

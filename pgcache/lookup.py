@@ -2,10 +2,12 @@
 
 A lookup reads top to bottom in :meth:`Finder.find`: one indexed query by exact
 key; on a miss, the final user message is embedded once and
-``pgcache_nearest()`` returns the closest live entry of the same scope and
-embedder; if its cosine similarity reaches the threshold in force
-(:class:`Thresholds`), the :class:`~pgcache.verify.Verifier` decides whether
-it is served. Every step notes what it saw on the lookup's ledger record.
+``pgcache_neighbours()`` returns the closest live entries of the same scope and
+embedder. Without a learned verifier, the nearest is a candidate when its cosine
+similarity reaches the threshold in force (:class:`Thresholds`); with one
+(:class:`~pgcache.verifiers.Verifiers`), the nearest few from a low floor up
+are. The :class:`~pgcache.verify.Verifier` chain decides which candidate, if
+any, is served. Every step notes what it saw on the lookup's ledger record.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .keys import RequestKey
 from .ledger import LookupRecord
 from .responses import content_of
 from .result import CacheResult
+from .verifiers import Verifiers
 from .verify import Candidate, Verifier
 
 _log = logging.getLogger(__name__)
@@ -54,16 +57,29 @@ def find_exact(conn: psycopg.Connection, exact_key: bytes) -> Row | None:
     return Row(*row) if row else None
 
 
-def find_nearest(
-    conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray, k: int = CANDIDATES
-) -> Row | None:
-    """The most similar live entry in the scope, whatever its similarity."""
-    row = conn.execute(
-        queries.FIND_NEAREST,
-        {"q": vector, "scope": scope_key, "embedder": embedder, "k": k, "exact_below": queries.EXACT_SEARCH_ROWS},
+def find_neighbours(
+    conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray, n: int = 1, k: int = CANDIDATES
+) -> list[Row]:
+    """The ``n`` most similar live entries in the scope, nearest first, whatever their similarity."""
+    rows = conn.execute(
+        queries.FIND_NEIGHBOURS,
+        {
+            "q": vector,
+            "scope": scope_key,
+            "embedder": embedder,
+            "n": n,
+            "k": max(k, n),
+            "exact_below": queries.EXACT_SEARCH_ROWS,
+        },
         binary=True,
-    ).fetchone()
-    return Row(*row) if row else None
+    ).fetchall()
+    return [Row(*row) for row in rows]
+
+
+def find_nearest(conn: psycopg.Connection, scope_key: bytes, embedder: str, vector: np.ndarray) -> Row | None:
+    """The most similar live entry in the scope, whatever its similarity."""
+    rows = find_neighbours(conn, scope_key, embedder, vector)
+    return rows[0] if rows else None
 
 
 def calibrated_threshold(conn: psycopg.Connection, namespace: str, embedder: str) -> tuple | None:
@@ -136,13 +152,26 @@ class Finder:
     """Both tiers of a lookup; a failing embedder leaves the exact tier working (fail-open)."""
 
     def __init__(
-        self, backend: Backend, embedder: Any, thresholds: Thresholds, verifier: Verifier, *, store_prompts: bool = True
+        self,
+        backend: Backend,
+        embedder: Any,
+        thresholds: Thresholds,
+        verifier: Verifier,
+        *,
+        store_prompts: bool = True,
+        verifiers: Verifiers | None = None,
+        verifier_floor: float = 0.6,
+        verifier_candidates: int = 3,
     ) -> None:
         self.backend = backend
         self.embedder = embedder
         self.thresholds = thresholds
         self.verifier = verifier
         self.store_prompts = store_prompts
+        self.verifiers = verifiers
+        """The learned verifiers (None: none is ever used)."""
+        self.verifier_floor = verifier_floor
+        self.verifier_candidates = verifier_candidates
         self.embedder_breaker = CircuitBreaker(
             subject="embedder", fallback="lookups use the exact tier only", recovery="semantic lookups resumed"
         )
@@ -170,24 +199,35 @@ class Finder:
     def _nearest(
         self, key: RequestKey, vector: np.ndarray, record: LookupRecord, threshold: float | None
     ) -> Row | None:
-        if threshold is None:  # resolved only here: an exact hit never needs it
-            threshold = self.thresholds.in_force(key.namespace)[0]
-        record.embedder, record.threshold = self.embedder.name, threshold
-        row = self.backend.read(find_nearest, key.scope_key, self.embedder.name, vector)
-        if row is None or row.similarity is None:
+        learned = self.verifiers.in_force(key.namespace) if self.verifiers is not None else None
+        if learned is not None:
+            # A learned verifier decides from a low floor up: it tells paraphrases from near misses better.
+            admit, wanted = self.verifier_floor, self.verifier_candidates
+        else:
+            admit = threshold if threshold is not None else self.thresholds.in_force(key.namespace)[0]
+            wanted = 1
+        record.embedder, record.threshold = self.embedder.name, admit
+        rows = self.backend.read(find_neighbours, key.scope_key, self.embedder.name, vector, wanted)
+        if not rows or rows[0].similarity is None:
             return None
-        record.similarity, record.candidate_id = row.similarity, row.id
-        if row.similarity < threshold:
+        record.similarity, record.candidate_id = rows[0].similarity, rows[0].id
+        candidates = [
+            Candidate(
+                request=key.prompt or "",
+                cached=row.prompt,
+                similarity=row.similarity,
+                entry_id=row.id,
+                entry_threshold=row.min_similarity,
+            )
+            for row in rows
+            if row.similarity is not None and row.similarity >= admit
+        ]
+        if not candidates:
             return None
-        candidate = Candidate(
-            request=key.prompt or "",
-            cached=row.prompt,
-            similarity=row.similarity,
-            entry_id=row.id,
-            entry_threshold=row.min_similarity,
-        )
-        record.rejected_by = self.verifier.refusal(candidate, record)
-        return None if record.rejected_by else row
+        chosen = self.verifier.choose(candidates, record, learned)
+        if chosen is None:
+            return None
+        return next(row for row in rows if row.id == chosen.entry_id)
 
     def embed_query(self, prompt: str, record: LookupRecord) -> np.ndarray | None:
         """The prompt's vector; with fail-open, None while the embedder fails (the exact tier still serves)."""

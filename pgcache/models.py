@@ -13,6 +13,7 @@ from datetime import datetime
 from pgvector.sqlalchemy import HALFVEC, Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Text,
+    UniqueConstraint,
     Uuid,
     cast,
     func,
@@ -110,6 +112,8 @@ class Lookup(Base):
     rejected_by: Mapped[str | None] = mapped_column(Text)
     prompt: Mapped[str | None] = mapped_column(Text)
     judge_tokens: Mapped[int | None] = mapped_column(Integer)
+    verifier_probability: Mapped[float | None] = mapped_column(Double)
+    verifier_scores: Mapped[list | None] = mapped_column(JSONB)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),
@@ -161,3 +165,44 @@ class Feedback(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (CheckConstraint("verdict IN ('right', 'wrong')", name="verdict"),)
+
+
+class StoredVerifier(Base):
+    """A learned verifier: LoRA weights over the bundled encoder, its threshold and held-out metrics."""
+
+    __tablename__ = "pgcache_verifiers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    namespace: Mapped[str] = mapped_column(Text, nullable=False)
+    embedder: Mapped[str] = mapped_column(Text, nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    threshold: Mapped[float] = mapped_column(Double, nullable=False)
+    target_precision: Mapped[float | None] = mapped_column(Double)
+    metrics: Mapped[dict] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    weights: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("namespace", "embedder", "version"),
+        CheckConstraint("threshold > 0 AND threshold < 1", name="threshold"),
+    )
+
+
+class Judgement(Base):
+    """A verdict of the LLM judge on a semantic candidate, kept for training a verifier on it."""
+
+    __tablename__ = "pgcache_judgements"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    lookup_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    namespace: Mapped[str] = mapped_column(Text, nullable=False)
+    embedder: Mapped[str | None] = mapped_column(Text)
+    judge: Mapped[str | None] = mapped_column(Text)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    entry_prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    similarity: Mapped[float | None] = mapped_column(Double)
+    verifier_probability: Mapped[float | None] = mapped_column(Double)
+    verdict: Mapped[bool] = mapped_column(Boolean, nullable=False)
+
+    __table_args__ = (Index("pgcache_judgements_namespace_idx", "namespace", "embedder", "at"),)

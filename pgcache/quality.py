@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,25 +53,54 @@ class ThresholdStats:
 
 
 def read_pairs(path: Path) -> list[Pair]:
-    """Pairs from a CSV or TSV file with an ``a,b,label`` header; errors name the file and line."""
+    """Pairs from a CSV or TSV file with an ``a,b,label`` header, or JSONL objects with those keys.
+
+    Errors name the file and line. Identical pairs are skipped: they are exact hits.
+    """
     from .warm import read_text
 
     text = read_text(path)
-    first = text.splitlines()[0]
+    first = text.lstrip().splitlines()[0]
+    rows = _jsonl_rows(path, text) if first.startswith("{") else _csv_rows(path, text, first)
+    pairs = []
+    for line, a, b, label in rows:
+        if (
+            label not in ("0", "1", 0, 1)
+            or isinstance(label, bool)
+            or not isinstance(a, str)
+            or not isinstance(b, str)
+            or not a
+            or not b
+        ):
+            raise InvalidRequestError(f"{path}:{line}: expected two texts and a label of 0 or 1")
+        if a != b:  # an identical pair is an exact hit, not a semantic decision
+            pairs.append(Pair(a, b, int(label)))
+    if not pairs:
+        raise InvalidRequestError(f"{path}: no usable pairs")
+    return pairs
+
+
+def _csv_rows(path: Path, text: str, first: str) -> list[tuple[int, Any, Any, Any]]:
     delimiter = "\t" if "\t" in first else ","
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
     if not reader.fieldnames or not {"a", "b", "label"} <= {f.strip() for f in reader.fieldnames}:
         raise InvalidRequestError(f"{path}:1: a pairs file needs a header with a, b and label columns")
-    pairs = []
-    for row in reader:
-        label = (row.get("label") or "").strip()
-        if label not in ("0", "1") or not row.get("a") or not row.get("b"):
-            raise InvalidRequestError(f"{path}:{reader.line_num}: expected two texts and a label of 0 or 1")
-        if row["a"] != row["b"]:  # an identical pair is an exact hit, not a semantic decision
-            pairs.append(Pair(row["a"], row["b"], int(label)))
-    if not pairs:
-        raise InvalidRequestError(f"{path}: no usable pairs")
-    return pairs
+    return [(reader.line_num, row.get("a"), row.get("b"), (row.get("label") or "").strip()) for row in reader]
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, Any, Any, Any]]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidRequestError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+        if not isinstance(item, dict):
+            raise InvalidRequestError(f"{path}:{number}: expected an object with a, b and label")
+        rows.append((number, item.get("a"), item.get("b"), item.get("label")))
+    return rows
 
 
 def similarities(embedder: Any, pairs: list[Pair]) -> np.ndarray:

@@ -56,8 +56,9 @@ ROW_COLUMNS = ("id", "response", "prompt_tokens", "completion_tokens")
 
 FIND_EXACT = f"SELECT {', '.join(ROW_COLUMNS)} FROM pgcache_entries WHERE exact_key = %s AND {LIVE}"
 
-# pgcache_nearest() (migrations 0005, 0006) picks exact search or the ivfflat index and its probes.
-FIND_NEAREST = "SELECT * FROM pgcache_nearest(%(q)s, %(scope)s, %(embedder)s, %(k)s, %(exact_below)s)"
+# pgcache_neighbours() (migration 0006) picks exact search or the ivfflat index and its probes,
+# and returns the nearest n live entries of the scope.
+FIND_NEIGHBOURS = "SELECT * FROM pgcache_neighbours(%(q)s, %(scope)s, %(embedder)s, %(n)s, %(k)s, %(exact_below)s)"
 
 LIVE_KEYS = f"SELECT exact_key FROM pgcache_entries WHERE exact_key = ANY(%s) AND {LIVE}"
 
@@ -199,6 +200,40 @@ WHERE id = %s RETURNING min_similarity
 FEEDBACK_PAIRS = """
 SELECT prompt, entry_prompt, (verdict = 'right')::int FROM pgcache_feedback
 WHERE namespace = %s AND embedder = %s AND prompt IS NOT NULL AND entry_prompt IS NOT NULL
+"""
+
+# -- learned verifiers and the judge's verdicts -------------------------------------------------------
+
+_VERIFIER_COLUMNS = (
+    "id, namespace, embedder, version, created_at, threshold, target_precision, metrics, length(weights)"
+)
+LOCK_VERIFIERS = "SELECT pg_advisory_xact_lock(hashtext(%s), hashtext(%s))"
+SAVE_VERIFIER = f"""
+INSERT INTO pgcache_verifiers (namespace, embedder, version, threshold, target_precision, metrics, weights)
+SELECT %(namespace)s, %(embedder)s, coalesce(max(version), 0) + 1, %(threshold)s, %(target_precision)s, %(metrics)s,
+       %(weights)s
+FROM pgcache_verifiers WHERE namespace = %(namespace)s AND embedder = %(embedder)s
+RETURNING {_VERIFIER_COLUMNS}
+"""
+LIST_VERIFIERS = f"""
+SELECT {_VERIFIER_COLUMNS} FROM pgcache_verifiers
+WHERE %(namespace)s::text IS NULL OR namespace = %(namespace)s
+ORDER BY namespace, embedder, version DESC
+"""
+NEWEST_VERIFIER = f"""
+SELECT {_VERIFIER_COLUMNS} FROM pgcache_verifiers WHERE namespace = %s AND embedder = %s
+ORDER BY version DESC LIMIT 1
+"""
+LOAD_VERIFIER = f"""
+SELECT {_VERIFIER_COLUMNS}, weights FROM pgcache_verifiers
+WHERE namespace = %(namespace)s AND embedder = %(embedder)s
+  AND (%(version)s::integer IS NULL OR version = %(version)s)
+ORDER BY version DESC LIMIT 1
+"""
+DELETE_VERIFIER = "DELETE FROM pgcache_verifiers WHERE namespace = %s AND embedder = %s AND version = %s"
+JUDGEMENT_PAIRS = """
+SELECT prompt, entry_prompt, verdict::int FROM pgcache_judgements
+WHERE namespace = %s AND (embedder = %s OR embedder IS NULL) ORDER BY at
 """
 
 # -- sweep and eviction ------------------------------------------------------------------------------------

@@ -69,6 +69,18 @@ def render(report: dict[str, Any], console) -> None:
     if report.get("threshold"):
         threshold = report["threshold"]
         rows.append(("semantic threshold", f"{threshold['value']:.4f} ({threshold['source']})"))
+    verifier = report.get("verifier")
+    if verifier:
+        rows.append(
+            (
+                "learned verifier",
+                f"version {verifier['version']}, probability >= {verifier['threshold']:.3f}, held-out precision "
+                f"{ratio(verifier['precision'])} (95% lower bound {ratio(verifier['precision_lower'])}) on "
+                f"{verifier['pairs']} pairs",
+            )
+        )
+    elif "verifier" in report:
+        rows.append(("learned verifier", "none: the cosine threshold decides (`pgcache verifier train`)"))
     if report.get("index"):
         index = report["index"]
         advice = (
@@ -146,3 +158,26 @@ def _shorten(text: str | None, width: int = 60) -> str:
     if text is None:
         return "-"
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def grid_table(rows: list[dict[str, Any]], threshold_label: str = "threshold") -> Any:
+    """Precision, its 95% lower bound, recall, F1 and wrong hits across thresholds, as a Rich table."""
+    from rich.table import Table
+
+    table = Table()
+    for column in (threshold_label, "precision", "95% lower", "recall", "F1", "wrong hits"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(
+            f"{row['threshold']:.2f}",
+            ratio(row["precision"]),
+            ratio(row["precision_lower"]),
+            ratio(row["recall"]),
+            ratio(row["f1"]),
+            f"{row['wrong_hit_rate']:.1%}",
+        )
+    return table
+
+
+def ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

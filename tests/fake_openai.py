@@ -99,7 +99,7 @@ class FakeOpenAI:
             self.fail_chat = None  # an HTTP status to answer chat calls with
             self.chat_delay = 0.0  # seconds each chat call takes
             self.break_stream_after = None  # drop the connection after this many streamed chunks
-            self.judge_answer = "yes"  # what the judge model says; an int: fail with that HTTP status
+            self.judge_answer = "yes"  # what the judge says; an int: fail with that status; a function of (a, b)
             self.judge_calls = 0
 
     def chat(self, body: dict) -> tuple[int, dict]:
@@ -153,6 +153,9 @@ class FakeOpenAI:
             answer = self.judge_answer
         if isinstance(answer, int):
             return answer, {"error": {"message": "judge down", "type": "server_error", "code": None}}
+        if callable(answer):  # answers from labels: called with the two requests
+            found = re.search(r"Request A: (.*)\nRequest B: (.*)", body["messages"][-1]["content"], re.S)
+            answer = answer(found.group(1), found.group(2)) if found else "no"
         return 200, {
             "id": "chatcmpl-judge",
             "object": "chat.completion",

@@ -42,6 +42,11 @@ SAMPLES = {
     "judge_model": ("gpt-4o-mini", "gpt-4o-mini"),
     "read_database_url": ("postgresql://r@replica/app", "postgresql://r@replica/app"),
     "store_prompts": ("0", False),
+    "verifier": ("OFF", "off"),
+    "verifier_floor": ("0.5", 0.5),
+    "verifier_candidates": ("5", 5),
+    "verifier_threshold": ("0.9", 0.9),
+    "judge_margin": ("0.1", 0.1),
 }
 
 

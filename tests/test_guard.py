@@ -135,6 +135,14 @@ def test_llm_judge_in_the_band(database_url, llm, two_factor, answer, status, re
     rows = query(database_url, "SELECT rejected_by, judge_tokens FROM pgcache_lookups ORDER BY at")
     assert rows[0] == (rejected, 0 if isinstance(answer, int) else 61)
     assert rows[1] == ("guard: opposites", None)
+    verdicts = query(database_url, "SELECT verdict, prompt, entry_prompt, judge FROM pgcache_judgements")
+    expected = (
+        answer == "yes",
+        "How can I turn on two-factor authentication?",
+        "How do I enable two-factor authentication?",
+        "gpt-4o-mini",
+    )
+    assert verdicts == ([] if isinstance(answer, int) else [expected]), "verdicts are kept to train a verifier on"
 
 
 def test_default_rules_are_the_measured_ones(database_url, llm, fake):

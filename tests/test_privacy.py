@@ -103,6 +103,7 @@ def test_unverifiable_candidates_are_served_only_when_sure(database_url, llm, fa
     with private(database_url, llm, guard=False, judge=LLMJudge(llm)) as judged:
         assert judged.lookup(PARAPHRASE) is None, "a judge cannot judge a question it cannot read"
     assert fake.judge_calls == 0
+    assert query(database_url, "SELECT count(*) FROM pgcache_judgements") == [(0,)]
     with private(database_url, llm, guard=False) as unguarded:
         assert unguarded.lookup(PARAPHRASE).status == "semantic", "nothing asked to verify: served as before"
     rows = query(database_url, "SELECT outcome, rejected_by FROM pgcache_lookups ORDER BY at")

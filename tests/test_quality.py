@@ -120,3 +120,23 @@ def test_pairs_files_are_checked(tmp_path):
     bad.write_text("left,right\nx,y\n")
     with pytest.raises(InvalidRequestError, match="header with a, b and label"):
         read_pairs(bad)
+
+
+def test_pairs_files_may_be_jsonl(tmp_path):
+    from pgcache.quality import read_pairs
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        '{"a": "How do I reset my password?", "b": "Password reset steps?", "label": 1}\n\n'
+        '{"a": "How do I reset my password?", "b": "How do I reset my router?", "label": "0"}\n'
+    )
+    assert [(p.b, p.label) for p in read_pairs(path)] == [
+        ("Password reset steps?", 1),
+        ("How do I reset my router?", 0),
+    ]
+    path.write_text('{"a": "x", "b": "y", "label": 1}\n{"a": "x", "b": "y", "label": true}\n')
+    with pytest.raises(InvalidRequestError, match=r"pairs.jsonl:2: expected two texts and a label of 0 or 1"):
+        read_pairs(path)
+    path.write_text('{"a": "x", "b": "y", "label": 1}\nnot json\n')
+    with pytest.raises(InvalidRequestError, match=r"pairs.jsonl:2: invalid JSON"):
+        read_pairs(path)
