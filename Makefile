@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-fast lint bench bench-quick soak redis-server demo clean
+.PHONY: install test test-fast lint bench bench-quick verifier-bench soak redis-server demo clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,15 @@ bench: install redis-server
 
 bench-quick: install redis-server
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# The learned verifier's measurements, training on the CPU (about an hour on 2 cores; trained
+# verifiers are cached in .bench-cache/): docs/verifier-recipes.md, docs/default-verifier.md,
+# docs/judge-distillation.md and docs/semantic-quality.md. Needs the evaluation data beside the checkout.
+verifier-bench: install
+	$(BIN)/python -m benchmarks.verifier_recipes
+	$(BIN)/python -m benchmarks.train_default_verifier
+	$(BIN)/python -m benchmarks.judge_distillation
+	$(BIN)/python benchmarks/faq_replay.py
 
 # A bounded concurrency soak (60 s, 8 workers by default): `make soak SOAK_ARGS="--seconds 300"`.
 soak: install
