@@ -80,7 +80,10 @@ def run(cache: Cache, fake: FakeOpenAI, queries: list[dict[str, str]], intent_of
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--eval-dir", type=Path, default=EVAL)
-    parser.add_argument("--traffic", type=int, default=4000, help="train phrasings sent through the cache")
+    parser.add_argument(
+        "--traffic", type=int, default=None, help="train phrasings sent through the cache (default: all not cached)"
+    )
+    parser.add_argument("--target-precision", type=float, default=0.95)
     parser.add_argument("--queries", type=int, default=None, help="test queries (default: all 3,080)")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "judge-distillation.md")
     args = parser.parse_args()
@@ -128,11 +131,20 @@ def main() -> int:
             results["traffic"] = run(cache, fake, traffic, answer_intent | intent)
             cache.flush()
             print("training on the judge's verdicts", flush=True)
-            trained = cache.train_verifier(from_judge=True, options=TrainingOptions())
+            trained = cache.train_verifier(
+                from_judge=True, target_precision=args.target_precision, options=TrainingOptions()
+            )
+            if trained.stored is None:
+                sys.exit(
+                    f"no probability threshold reached {args.target_precision} precision on the held-out verdicts; "
+                    f"nothing stored: {trained.grid}"
+                )
             results["training"] = {
                 "pairs": trained.pairs,
                 "seconds": trained.seconds,
-                "threshold": trained.stored.threshold if trained.stored else None,
+                "threshold": trained.stored.threshold,
+                "target_precision": args.target_precision,
+                "held_out": trained.chosen,
             }
             print(f"  {results['training']}\nafter: verifier, judge when unsure", flush=True)
             results["after"] = run(cache, fake, test_rows, answer_intent | intent)
@@ -169,9 +181,12 @@ def _report(results: dict, traffic: int, seconds: float) -> str:
         "",
         f"Between the two runs, {traffic:,} Banking77 train phrasings that the cache never stored went through it with "
         f"the judge; `cache.train_verifier(from_judge=True)` learned from its {training['pairs']:,} recorded verdicts "
-        f"in {training['seconds'] / 60:.0f} min and stored a verifier with threshold "
-        f"{training['threshold'] if training['threshold'] is None else round(training['threshold'], 3)}. "
-        "The judge is then asked only about candidates whose probability is within 0.2 of that threshold.",
+        f"in {training['seconds'] / 60:.0f} min and stored a verifier with threshold {training['threshold']:.3f} "
+        f"(calibrated to {training['target_precision']} precision on held-out verdicts: "
+        f"{100 * training['held_out']['precision']:.1f}% precision at {100 * training['held_out']['recall']:.1f}% "
+        "recall there). "
+        "The judge is then asked only about candidates whose probability is within 2.0 log-odds of that threshold "
+        "(`judge_margin`).",
         "",
         "| Banking77 test queries | lookups | judge calls | per 1,000 lookups | right hits | wrong share of hits | "
         "ms per lookup |",

@@ -178,7 +178,8 @@ def main() -> int:
         verifier = best_at_goal([(t, *_rates(test.served(grid, t), n)) for t in thresholds])
         cosine = best_at_goal([(t, *_rates(test.cosine(t), n)) for t in np.round(np.arange(0.7, 0.99, 0.005), 3)])
         guarded = best_at_goal([(t, *_rates(_guarded(test, t), n)) for t in np.round(np.arange(0.7, 0.99, 0.005), 3)])
-        results.append((test.name, verifier, cosine, guarded))
+        table = [(t, *_rates(test.served(grid, t), n)) for t in (0.5, 0.8, 0.9, 0.95, 0.98, 0.99)]
+        results.append((test.name, verifier, cosine, guarded, table))
         print(test.name, "verifier", verifier, "cosine", cosine, "cosine + guard", guarded, flush=True)
     timing = latency(encoder, pairs)
     k5 = results[1]
@@ -263,8 +264,17 @@ def _report(results, facts, timing, adopted: bool, seconds: float) -> str:
         "| replay | default verifier | cosine alone | cosine + guard |",
         "|---|---|---|---|",
     ]
-    for name, verifier, cosine, guarded in results:
+    for name, verifier, cosine, guarded, _ in results:
         lines.append(f"| {name} | {_cell(verifier)} | {_cell(cosine)} | {_cell(guarded)} |")
+    lines += [
+        "",
+        "What the default verifier serves at fixed probabilities (right-hit rate / wrong share of hits, in percent):",
+        "",
+        "| replay | " + " | ".join(f"{t:.2f}" for t, *_ in results[0][4]) + " |",
+        "|---" * (len(results[0][4]) + 1) + "|",
+    ]
+    for name, *_, table in results:
+        lines.append(f"| {name} | " + " | ".join(f"{100 * r:.1f} / {100 * w:.1f}" for _, r, w in table) + " |")
     lines += [
         "",
         f"Scoring: {timing['p50']:.1f} ms p50, {timing['p99']:.1f} ms p99 per candidate (3 per lookup, one "

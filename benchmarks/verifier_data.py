@@ -166,7 +166,7 @@ def training_pairs(
 
 def best_at_goal(rates: list[tuple[float, float, float]]) -> tuple[float, float, float] | None:
     """Of (threshold, right-hit rate, wrong share) points, the highest right-hit rate with wrong share <= 2%."""
-    eligible = [point for point in rates if point[2] <= GOAL]
+    eligible = [point for point in rates if point[2] <= GOAL and point[1] > 0]  # serving nothing is no point
     return max(eligible, key=lambda point: point[1]) if eligible else None
 
 

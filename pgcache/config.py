@@ -170,6 +170,20 @@ def _fraction_text(text: str, label: str) -> float:
     return _fraction(number, label)
 
 
+def _log_odds(value: Any, label: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 20:
+        raise ConfigurationError(f"{label} must be a distance in log-odds between 0 and 20, got {short_repr(value)}")
+    return float(value)
+
+
+def _log_odds_text(text: str, label: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ConfigurationError(f"{label} must be a distance in log-odds between 0 and 20, got {text!r}") from None
+    return _log_odds(number, label)
+
+
 def _flag_text(text: str, label: str) -> bool:
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -336,10 +350,10 @@ class Settings:
         "the one calibrated at training",
     )
     judge_margin: float = setting(
-        0.2,
-        Kind(_fraction_text, _fraction),
+        2.0,
+        Kind(_log_odds_text, _log_odds),
         "with a learned verifier and a judge, the judge is asked only when the verifier's probability is within "
-        "this distance of its threshold",
+        "this distance of its threshold, in log-odds (2.0 around a threshold of 0.98: from 0.87 to 0.997)",
     )
 
     def __repr__(self) -> str:

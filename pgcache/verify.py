@@ -24,6 +24,7 @@ served. A new kind of check is a class with ``name``, ``always``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -96,13 +97,21 @@ class GuardRules:
         return reasons
 
 
+def log_odds(probability: float) -> float:
+    """log(p / (1 - p)), with p kept a hair inside (0, 1) so that certainty stays finite."""
+    p = min(max(probability, 1e-9), 1 - 1e-9)
+    return math.log(p / (1 - p))
+
+
 class LearnedCheck:
     """The learned verifier: a cross-encoder's probability that one answer serves both questions.
 
     With a judge configured, a candidate within ``margin`` of the threshold is
     left to the judge; one further above is confirmed without asking, one
-    further below refused. Without a judge the threshold alone decides. A
-    scoring failure refuses every candidate (a miss) and trips ``breaker``.
+    further below refused. The distance is in log-odds, because calibrated
+    thresholds sit near 1, where a fixed distance in probability leaves no room
+    above them. Without a judge the threshold alone decides. A scoring failure
+    refuses every candidate (a miss) and trips ``breaker``.
     """
 
     name = "verifier"
@@ -130,8 +139,12 @@ class LearnedCheck:
         scores = []
         for c, p in zip(candidates, probabilities, strict=True):
             c.probability = float(p)
-            c.confirmed = c.probability >= threshold + self.margin
-            below = c.probability < threshold - self.margin if self.margin else c.probability < threshold
+            if self.margin:
+                distance = log_odds(c.probability) - log_odds(threshold)
+                c.confirmed, below = distance >= self.margin, distance < -self.margin
+            else:
+                c.confirmed = c.probability >= threshold
+                below = not c.confirmed
             reasons.append(f"verifier: {c.probability:.3f}" if below else None)
             scores.append(
                 {"entry_id": c.entry_id, "similarity": round(c.similarity, 6), "probability": round(c.probability, 6)}
@@ -195,7 +208,7 @@ class Verifier:
     """Runs the chain of checks over the candidates of one lookup."""
 
     def __init__(
-        self, checks: Sequence[Check], sure_threshold: float = 1.0, *, judge_margin: float = 0.2, breaker: Any = None
+        self, checks: Sequence[Check], sure_threshold: float = 1.0, *, judge_margin: float = 2.0, breaker: Any = None
     ) -> None:
         self.checks = list(checks)
         self.sure_threshold = sure_threshold
