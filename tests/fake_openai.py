@@ -99,6 +99,7 @@ class FakeOpenAI:
             self.fail_chat = None  # an HTTP status to answer chat calls with
             self.chat_delay = 0.0  # seconds each chat call takes
             self.break_stream_after = None  # drop the connection after this many streamed chunks
+            self.stream_delay = 0.0  # seconds between streamed chunks
             self.judge_answer = "yes"  # what the judge says; an int: fail with that status; a function of (a, b)
             self.judge_calls = 0
 
@@ -290,7 +291,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.connection.shutdown(2)  # mid-stream: no [DONE], no final chunk
                 return
-            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if number and self.fake.stream_delay:
+                time.sleep(self.fake.stream_delay)
+            try:
+                self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client went away
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 
