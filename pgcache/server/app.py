@@ -9,7 +9,9 @@ Routes:
 * ``POST /pgcache/feedback`` — a wrong or right semantic hit, by lookup id
   (needs the admin token);
 * ``GET /healthz`` — database and upstream reachability;
-* ``GET /metrics`` — Prometheus metrics (:mod:`pgcache.server.metrics`).
+* ``GET /metrics`` — Prometheus metrics (:mod:`pgcache.server.metrics`);
+* ``GET /`` — the dashboard, and ``GET /pgcache/dashboard.json``, its figures
+  (:mod:`pgcache.server.dashboard`; with an admin token set, they need it).
 
 Every chat answer carries ``X-Pgcache-Status`` (exact, semantic, miss or
 bypass), ``X-Pgcache-Lookup-Id`` and, when known, ``X-Pgcache-Similarity``
@@ -26,14 +28,16 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx2 as httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from .. import offload as bridge
 from ..cache import Cache
@@ -42,12 +46,13 @@ from ..errors import ConfigurationError, InvalidRequestError, PgcacheError
 from ..flight import Flight
 from ..result import CacheResult
 from ..streaming import ChunkAccumulator, replay_chunks
-from . import metrics
+from . import dashboard, metrics
 from .control import BadRequest, ChatRequest, chat_request, error_body, parse_body
 from .settings import ServerSettings
 from .upstream import Upstream, response_headers
 
 _log = logging.getLogger("pgcache.server")
+STATIC = Path(__file__).with_name("static")
 
 
 @dataclass
@@ -92,6 +97,9 @@ def create_app(
             Route("/pgcache/feedback", feedback, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
+            Route("/", dashboard_page, methods=["GET"]),
+            Route("/pgcache/dashboard.json", dashboard_figures, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={BadRequest: _bad_request, Exception: _internal_error},
         lifespan=lifespan,
@@ -324,12 +332,9 @@ async def passthrough(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """``{"lookup_id": "...", "verdict": "wrong" | "right"}``, with ``Authorization: Bearer <admin token>``."""
     server: Server = request.app.state.server
-    token = server.settings.admin_token
-    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if token is None:
-        return _error(403, "admin endpoints are disabled: set PGCACHE_ADMIN_TOKEN", "permission_error")
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        return _error(401, "a valid admin token is required (Authorization: Bearer ...)", "authentication_error")
+    refused = _admin_refusal(request, server, required=True)
+    if refused is not None:
+        return refused
     body = parse_body(await read_body(request, 65536))
     try:
         threshold = await bridge.offload(
@@ -338,6 +343,44 @@ async def feedback(request: Request) -> Response:
     except PgcacheError as exc:
         raise BadRequest(str(exc)) from None
     return JSONResponse({"lookup_id": str(body["lookup_id"]), "verdict": body["verdict"], "entry_threshold": threshold})
+
+
+def _admin_refusal(request: Request, server: Server, *, required: bool) -> Response | None:
+    """None when the request may use an admin endpoint, else the error response.
+
+    With no admin token set, endpoints that change the cache (``required``)
+    refuse everyone and read-only ones (the dashboard) are open.
+    """
+    token = server.settings.admin_token
+    if token is None:
+        if required:
+            return _error(403, "admin endpoints are disabled: set PGCACHE_ADMIN_TOKEN", "permission_error")
+        return None
+    given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "a valid admin token is required (Authorization: Bearer ...)", "authentication_error")
+    return None
+
+
+async def dashboard_page(request: Request) -> Response:
+    return FileResponse(STATIC / "dashboard.html", media_type="text/html")
+
+
+async def dashboard_figures(request: Request) -> Response:
+    """The dashboard's figures; ``?hours=N`` (1 to 720, default 24)."""
+    server: Server = request.app.state.server
+    refused = _admin_refusal(request, server, required=False)
+    if refused is not None:
+        return refused
+    hours = request.query_params.get("hours", "24")
+    if not hours.isdigit() or not 1 <= int(hours) <= 720:
+        raise BadRequest(f"hours must be a whole number from 1 to 720, got {hours!r}", "hours")
+    cache = server.cache
+    try:
+        figures = await bridge.offload(cache, cache.backend.read, dashboard.figures, server.prices, int(hours))
+    except PgcacheError as exc:
+        return _error(503, f"the cache database is unavailable ({type(exc).__name__})", "server_error")
+    return JSONResponse(figures)
 
 
 async def healthz(request: Request) -> Response:
