@@ -11,6 +11,7 @@ import typer
 
 from . import config, db
 from .cli_options import DatabaseUrl, DataDir, Namespace, given, settings_for
+from .errors import PgcacheError
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -37,9 +38,12 @@ def serve(
 
     Example: pgcache serve --port 8080   (then base_url="http://127.0.0.1:8080/v1")
     """
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .server.settings import ServerSettings
+        from .server.settings import ServerSettings
+    except ImportError as exc:
+        raise PgcacheError(f"pgcache serve needs the server extra: pip install 'pgcache[server]' ({exc})") from None
 
     if log_level not in LOG_LEVELS:
         raise typer.BadParameter(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
