@@ -122,13 +122,18 @@ async def chat_completions(request: Request) -> Response:
     raw = await read_body(request, server.settings.max_body_bytes)
     chat = chat_request(raw, request.headers, cache.namespace, server.settings.tenant_secret)
     started = time.perf_counter()
+    found: CacheResult | Flight | None = None
     try:
         found = await bridge.offload(cache, cache.flights.begin, chat.messages, chat.model, chat.params, chat.options)
         contended = isinstance(found, Flight) and found.contending
-        if contended:
+        if isinstance(found, Flight) and contended:
             found = await bridge.contend(cache, found)
     except (InvalidRequestError, ConfigurationError) as exc:
         raise BadRequest(str(exc), "messages") from None
+    except BaseException as exc:  # cancelled while waiting (e.g. the server is stopping): release what it holds
+        if isinstance(found, Flight):
+            cache.executor.submit(cache.flights.abort, found, exc)
+        raise
     if isinstance(found, CacheResult):
         if contended:
             metrics.SINGLE_FLIGHT.labels("served").inc()
