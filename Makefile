@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-fast lint bench bench-quick verifier-bench soak redis-server demo clean
+.PHONY: install test test-fast lint bench bench-quick verifier-bench soak redis-server chromium demo clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[local,dev,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[local,server,dev,bench]"
 	touch $@
 
 test: install
@@ -56,6 +56,12 @@ redis-server:
 	@command -v redis-server >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) ; } || \
 		echo "redis-server not available: the Redis baseline will be skipped"
+
+# The dashboard's test runs in a real headless Chromium (Debian's chromium); installed when missing and possible.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "chromium not available: the dashboard's browser test will be skipped"
 
 demo: install
 	PGCACHE_EMBEDDER=local $(BIN)/pgcache warm examples/faqs.tsv --namespace demo --tag demo

@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import concurrency, exact, lifecycle, peers, semantic, writes
+from . import concurrency, exact, lifecycle, peers, proxy, semantic, writes
 from .context import Context
 from .harness import Server, machine
 from .report import render
@@ -30,6 +30,7 @@ SCENARIOS = {
     "sweep": writes.run_sweep,
     "concurrency": concurrency.run,
     "lifecycle": lifecycle.run,
+    "proxy": proxy.run,
 }
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,7 @@ import typer
 from . import config, db, embedded, quality, report_render
 from .cache import Cache
 from .cli_options import DatabaseUrl, DataDir, Namespace, given, open_cache, settings_for, url_for
+from .cli_serve import serve
 from .cli_verifier import app as verifier_app
 from .durations import parse_ttl
 from .errors import PgcacheError
@@ -27,6 +28,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Create, migrate and locate the cache database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(verifier_app, name="verifier")
+app.command()(serve)
 
 Retrain = Annotated[
     bool,

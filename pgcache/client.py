@@ -10,8 +10,8 @@ Per-call options go in one keyword, ``pgcache={...}`` (see
 :class:`~pgcache.options.CallOptions`), removed before the SDK call.
 
 The async wrapper never blocks the event loop: the cache's database and
-embedding work runs on the cache's own worker threads (``Cache.executor``) and
-single-flight waits are awaited. It shares the sync path's code and connection
+embedding work runs on the cache's own worker threads (:mod:`pgcache.offload`)
+and single-flight waits are awaited. It shares the sync path's code and connection
 pool rather than using psycopg's async connections: an async pool is bound to
 the event loop that opened it, while one cache often serves several loops (and
 sync callers) in the same process, and one code path keeps the two behaving
@@ -20,12 +20,11 @@ alike.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 from typing import Any, Self
 
 from .cache import Cache
 from .flight import Flight
+from .offload import begin, offload
 from .options import CallOptions
 from .result import CacheResult
 from .streaming import ChunkAccumulator, replay_chunks
@@ -106,43 +105,18 @@ class _AsyncCompletions(_Passthrough):
         self, *, messages: Any, model: str, stream: bool = False, pgcache: Any = None, **params: Any
     ) -> Any:
         options = CallOptions.build(pgcache)
-        found = await _begin_async(self.cache, messages, model, params, options)
+        found = await begin(self.cache, messages, model, params, options)
         if isinstance(found, CacheResult):
             result = _from_cache(found, stream, params)
             return _AsyncReplay(result) if stream else result
         try:
             upstream = await self._inner.create(messages=messages, model=model, stream=stream, **params)
         except BaseException as exc:
-            await _offload(self.cache, self.cache.flights.abort, found, exc)
+            await offload(self.cache, self.cache.flights.abort, found, exc)
             raise
         if stream:
             return AsyncLiveStream(upstream, self.cache, found)
-        return _attach(upstream, await _offload(self.cache, self.cache.flights.finish, found, upstream))
-
-
-async def _begin_async(cache: Cache, messages, model, params, options) -> CacheResult | Flight:
-    found = await _offload(cache, cache.flights.begin, messages, model, params, options)
-    if isinstance(found, Flight) and found.contending:
-        steps = cache.flights.contend(found)
-        while True:
-            done, value = await _offload(cache, _step, steps)
-            if done:
-                return value
-            await asyncio.sleep(value)
-    return found
-
-
-async def _offload(cache: Cache, function, *args) -> Any:
-    """Run blocking cache work on the cache's own threads, so neither the loop nor the app's executor waits."""
-    return await asyncio.get_running_loop().run_in_executor(cache.executor, functools.partial(function, *args))
-
-
-def _step(steps) -> tuple[bool, Any]:
-    # StopIteration cannot cross a future, so the generator's end is turned into a value here.
-    try:
-        return False, next(steps)
-    except StopIteration as stop:
-        return True, stop.value
+        return _attach(upstream, await offload(self.cache, self.cache.flights.finish, found, upstream))
 
 
 def _attach(obj: Any, result: CacheResult) -> Any:
@@ -281,16 +255,16 @@ class AsyncLiveStream(_LiveBase):
         try:
             chunk = await self._upstream.__anext__()
         except StopAsyncIteration:
-            await _offload(self._cache, self._done)
+            await offload(self._cache, self._done)
             raise
         except BaseException as exc:
-            await _offload(self._cache, self._failed, exc)
+            await offload(self._cache, self._failed, exc)
             raise
         self._accumulator.add(chunk)
         return chunk
 
     async def close(self) -> None:
-        await _offload(self._cache, self._failed, GeneratorExit())
+        await offload(self._cache, self._failed, GeneratorExit())
         await self._upstream.close()
 
     async def __aenter__(self) -> Self:

@@ -238,6 +238,12 @@ SECONDS = _text_kind(_seconds)
 FLAG = Kind(_flag_text, _flag)
 PRICES = Kind(_prices_text, _prices)
 RULE_NAMES = Kind(_rules_text, _rules)
+POSITIVE_COUNT = Kind(_count_text(1), _count(1))
+
+
+def choices(*names: str) -> Kind:
+    """The kind of a setting that is one of ``names``."""
+    return _text_kind(_choice(*names))
 
 
 # -- the settings -------------------------------------------------------------------------------
@@ -378,21 +384,7 @@ class Settings:
         Every value is checked; a bad one raises :class:`ConfigurationError`
         naming the argument or the variable it came from.
         """
-        env = os.environ if environ is None else environ
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(arguments) - set(known))
-        if unknown:
-            raise ConfigurationError(f"unknown setting {unknown[0]!r}; settings: {', '.join(known)}")
-        values: dict[str, Any] = {}
-        for name, declared in known.items():
-            kind: Kind = declared.metadata["kind"]
-            given = arguments.get(name, UNSET)
-            text = env.get(variable(name), "").strip()
-            if given is not UNSET:
-                values[name] = kind.check(given, name)
-            elif text:
-                values[name] = kind.from_text(text, variable(name))
-        return cls(**values)
+        return resolve_declared(cls, arguments, environ)
 
     def make_embedder(self, client: Any = None) -> Any:
         """The configured embedder (``client`` serves OpenAI embeddings as well as chat)."""
@@ -411,14 +403,33 @@ class Settings:
         return LLMJudge(client=client, model=self.judge_model)
 
 
+def resolve_declared(cls: Any, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Any:
+    """An instance of a dataclass of :func:`setting` fields, resolved by the rule in the module's docstring."""
+    env = os.environ if environ is None else environ
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        raise ConfigurationError(f"unknown setting {unknown[0]!r}; settings: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    for name, declared in known.items():
+        kind: Kind = declared.metadata["kind"]
+        given = arguments.get(name, UNSET)
+        text = env.get(variable(name), "").strip()
+        if given is not UNSET:
+            values[name] = kind.check(given, name)
+        elif text:
+            values[name] = kind.from_text(text, variable(name))
+    return cls(**values)
+
+
 def variable(name: str) -> str:
     """The environment variable of setting ``name``."""
     return f"PGCACHE_{name.upper()}"
 
 
-def doc(name: str) -> str:
-    """One line about setting ``name``, with its variable: for CLI help texts."""
-    declared = next(f for f in fields(Settings) if f.name == name)
+def doc(name: str, declared_in: Any = None) -> str:
+    """One line about setting ``name`` (of ``declared_in``, default :class:`Settings`), with its variable."""
+    declared = next(f for f in fields(declared_in or Settings) if f.name == name)
     text = _plain(declared.metadata["doc"])
     return f"{text[:1].upper()}{text[1:]} (default: {variable(name)}, else {_plain(_shown_default(declared))})."
 
@@ -439,10 +450,10 @@ def _plain(markdown: str) -> str:
     return markdown.replace("`", "")
 
 
-def markdown_table() -> str:
-    """The README's configuration table."""
-    lines = ["| variable | `Cache` argument | meaning | default |", "|---|---|---|---|"]
-    for declared in fields(Settings):
+def markdown_table(declared_in: Any = None, argument: str = "`Cache` argument") -> str:
+    """The README's configuration table (of ``declared_in``'s settings, default :class:`Settings`)."""
+    lines = [f"| variable | {argument} | meaning | default |", "|---|---|---|---|"]
+    for declared in fields(declared_in or Settings):
         lines.append(
             f"| `{variable(declared.name)}` | `{declared.name}` | {declared.metadata['doc']} | "
             f"{_shown_default(declared)} |"

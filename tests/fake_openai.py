@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -99,6 +100,7 @@ class FakeOpenAI:
             self.fail_chat = None  # an HTTP status to answer chat calls with
             self.chat_delay = 0.0  # seconds each chat call takes
             self.break_stream_after = None  # drop the connection after this many streamed chunks
+            self.stream_delay = 0.0  # seconds between streamed chunks
             self.judge_answer = "yes"  # what the judge says; an int: fail with that status; a function of (a, b)
             self.judge_calls = 0
 
@@ -246,6 +248,12 @@ class _Handler(BaseHTTPRequestHandler):
     fake: FakeOpenAI
     protocol_version = "HTTP/1.1"
 
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; without this, Nagle's algorithm holds the body
+        # back until the client's delayed ACK (about 40 ms), which would dwarf what is measured.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
@@ -290,7 +298,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 self.connection.shutdown(2)  # mid-stream: no [DONE], no final chunk
                 return
-            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if number and self.fake.stream_delay:
+                time.sleep(self.fake.stream_delay)
+            try:
+                self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                return  # the client went away
         self._chunk(b"data: [DONE]\n\n")
         self.wfile.write(b"0\r\n\r\n")
 

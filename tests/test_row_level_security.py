@@ -162,6 +162,8 @@ def test_a_tenant_reads_nothing_of_another_tenant(caches, clean, fake):
         "pgcache_near_misses",
         "pgcache_namespace_stats",
         "pgcache_daily_stats",
+        "pgcache_hourly_stats",
+        "pgcache_feedback_log",
     ):
         assert query(a_url, f"SELECT count(*) FROM {relation}") == [(0,)], relation
     scope, vector = query(clean.admin, "SELECT scope_key, embedding FROM pgcache_entries")[0]
