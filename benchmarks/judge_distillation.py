@@ -11,7 +11,7 @@ exactly when both questions have the same intent):
    judge gives is recorded in ``pgcache_judgements``.
 3. ``cache.train_verifier(from_judge=True)`` learns from those verdicts and stores a verifier.
 4. *after*: the same test queries; the judge is asked only about candidates the verifier is not
-   sure of (probability within ``judge_margin`` of its threshold).
+   sure of (probability within ``judge_margin`` of its threshold, in log-odds), for a few margins.
 
 Writes docs/judge-distillation.md: judge calls per 1,000 lookups, right-hit rate and wrong
 share of hits before and after.
@@ -37,6 +37,9 @@ from tests.fake_openai import FakeOpenAI
 
 from .harness import Server
 from .verifier_data import EVAL, FLOOR, REPO, Vectors, first_k, read_csv
+
+MARGINS = (2.0, 1.0, 0.5)
+"""Judge margins (log-odds) measured after distillation."""
 
 
 class Precomputed:
@@ -146,11 +149,27 @@ def main() -> int:
                 "target_precision": args.target_precision,
                 "held_out": trained.chosen,
             }
-            print(f"  {results['training']}\nafter: verifier, judge when unsure", flush=True)
-            results["after"] = run(cache, fake, test_rows, answer_intent | intent)
+            print(f"  {results['training']}", flush=True)
+            results["after"] = {}
+            for margin in MARGINS:
+                print(f"after: verifier, judge within {margin} log-odds of its threshold", flush=True)
+                judged = Cache(
+                    url,
+                    embedder=Precomputed(vectors),
+                    llm=client,
+                    namespace="b77",
+                    environ={},
+                    judge=LLMJudge(client, model="judge"),
+                    threshold=FLOOR,
+                    guard=False,
+                    judge_margin=margin,
+                )
+                results["after"][margin] = run(judged, fake, test_rows, answer_intent | intent)
+                judged.close()
+                print(f"  {results['after'][margin]}", flush=True)
             no_judge = Cache(url, embedder=Precomputed(vectors), llm=client, namespace="b77", environ={}, guard=False)
             results["verifier alone"] = run(no_judge, fake, test_rows, answer_intent | intent)
-            print(f"  {results['after']}\n  verifier alone: {results['verifier alone']}", flush=True)
+            print(f"  verifier alone: {results['verifier alone']}", flush=True)
             no_judge.close()
             cache.close()
     finally:
@@ -164,7 +183,10 @@ def main() -> int:
 def _report(results: dict, traffic: int, seconds: float) -> str:
     rows = [
         ("before: judge alone", results["before"]),
-        ("after: verifier, judge when unsure", results["after"]),
+        *(
+            (f"after: judge within {margin} log-odds{' (default)' if margin == 2.0 else ''}", figures)
+            for margin, figures in results["after"].items()
+        ),
         ("after: verifier alone (no judge)", results["verifier alone"]),
     ]
     training = results["training"]
@@ -185,8 +207,9 @@ def _report(results: dict, traffic: int, seconds: float) -> str:
         f"(calibrated to {training['target_precision']} precision on held-out verdicts: "
         f"{100 * training['held_out']['precision']:.1f}% precision at {100 * training['held_out']['recall']:.1f}% "
         "recall there). "
-        "The judge is then asked only about candidates whose probability is within 2.0 log-odds of that threshold "
-        "(`judge_margin`).",
+        "The judge is then asked only about candidates whose probability is within `judge_margin` of that "
+        "threshold in log-odds (2.0 by default; 1.0 and 0.5 shown too); the 3 nearest candidates from cosine 0.6 "
+        "are scored, where the judge alone was asked about the nearest only.",
         "",
         "| Banking77 test queries | lookups | judge calls | per 1,000 lookups | right hits | wrong share of hits | "
         "ms per lookup |",

@@ -208,6 +208,7 @@ def cached_verifier(
         "bytes": len(data),
         "history": summary["history"],
         "options": asdict(options),
+        "calibrated": calibrated_threshold(encoder, pairs, labels, options),
     }
     folder.mkdir(parents=True, exist_ok=True)
     weights.write_bytes(data)
