@@ -5,10 +5,10 @@ local embedder, then this script. Everything runs offline: the embedded
 PostgreSQL and the bundled all-MiniLM-L6-v2 model, no API key and no LLM call.
 Set PGCACHE_DATABASE_URL to use your own server.
 
-When a learned verifier is stored for the namespace (e.g. after
-`pgcache verifier train examples/faq-pairs.csv --namespace demo`, with the same
-PGCACHE_EMBEDDER=local), it decides the semantic hits, and the script says which
-candidates it refused.
+When a learned verifier is stored for the namespace (`pgcache verifier train
+--namespace demo` with PGCACHE_EMBEDDER=local, on a few thousand labelled pairs:
+examples/faq-pairs.csv shows the format but is far too small to train one), it
+decides the semantic hits, and the script says which candidates it refused.
 """
 
 from __future__ import annotations

@@ -74,6 +74,52 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
     assert summary == "summary: 10 questions, 2 exact hits, 3 semantic hits, 5 misses; no API key used"
 
 
+@pytest.mark.slow
+def test_the_demo_uses_a_stored_verifier_and_says_what_it_refused(tmp_path, local_embedder):
+    import psycopg
+
+    from pgcache import verifiers
+    from pgcache.crossencoder import TrainingOptions, train
+
+    # A verifier that learned one thing: questions about the same task are the same question.
+    tasks = ["reset my password", "cancel my subscription", "get a refund", "change my email address", "pay"]
+    pairs, labels = [], []
+    for i, task in enumerate(tasks):
+        other = tasks[(i + 1) % len(tasks)]
+        for a, b in (("How do I {}?", "I need to {}"), ("Can I {}?", "How do I {}?"), ("I want to {}", "Can I {}?")):
+            pairs += [(a.format(task), b.format(task)), (a.format(task), a.format(other))]
+            labels += [1, 0]
+    encoder, _ = train(pairs, labels, TrainingOptions(kind="lora", epochs=6, learning_rate=1e-3, seed=0))
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "PGCACHE_EMBEDDER": "local"}
+    for name in ("PGCACHE_DATABASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        env.pop(name, None)
+    try:
+        warm = [PGCACHE_SCRIPT, "warm", str(ROOT / "examples" / "faqs.tsv"), "--namespace", "demo", "--tag", "demo"]
+        subprocess.run(warm, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=True)
+        url = embedded.start(tmp_path / "pgcache" / "postgres")
+        with psycopg.connect(url, autocommit=True) as conn:
+            verifiers.save(conn, "demo", local_embedder.name, encoder.to_bytes(), 0.5, None, {})
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "demo.py")],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        with psycopg.connect(url, autocommit=True) as conn:
+            refused = conn.execute(
+                "SELECT count(*) FROM pgcache_lookups WHERE namespace = 'demo' AND rejected_by LIKE 'verifier%%'"
+            ).fetchone()[0]
+    finally:
+        embedded.stop(tmp_path / "pgcache" / "postgres")
+    assert done.returncode == 0, done.stderr
+    assert "learned verifier version 1 (serves from probability 0.500" in done.stdout
+    semantic = int(re.search(r"(\d+) semantic hits", done.stdout).group(1))
+    assert semantic > 3, "the plain paraphrases the cosine threshold misses are served"
+    assert done.stdout.count("the learned verifier refused the nearest entry for") == refused
+
+
 def test_drop_in_example_runs(database_url, fake):
     from .conftest import TEST_API_KEY
 
