@@ -111,18 +111,25 @@ def main() -> int:
     fake.judge_answer = labels
     client = openai.OpenAI(base_url=fake.base_url, api_key="sk-bench-unused", max_retries=0)
     results = {}
+
+    def cache_on(url: str, judged: bool = True, **settings) -> Cache:
+        """A cache on the replay's namespace, its candidates from the floor up, the guard off."""
+        judge = LLMJudge(client, model="judge") if judged else None
+        return Cache(
+            url,
+            embedder=Precomputed(vectors),
+            llm=client,
+            namespace="b77",
+            environ={},
+            judge=judge,
+            threshold=FLOOR,
+            guard=False,
+            **settings,
+        )
+
     try:
         with server.database() as url:
-            cache = Cache(
-                url,
-                embedder=Precomputed(vectors),
-                llm=client,
-                namespace="b77",
-                environ={},
-                judge=LLMJudge(client, model="judge"),
-                threshold=FLOOR,
-                guard=False,
-            )
+            cache = cache_on(url)
             cache.store_many([(row["text"], f"answer: {row['intent']}") for row in cached])
             print("before: the judge alone", flush=True)
             results["before"] = run(cache, fake, test_rows, answer_intent | intent)
@@ -153,21 +160,11 @@ def main() -> int:
             results["after"] = {}
             for margin in MARGINS:
                 print(f"after: verifier, judge within {margin} log-odds of its threshold", flush=True)
-                judged = Cache(
-                    url,
-                    embedder=Precomputed(vectors),
-                    llm=client,
-                    namespace="b77",
-                    environ={},
-                    judge=LLMJudge(client, model="judge"),
-                    threshold=FLOOR,
-                    guard=False,
-                    judge_margin=margin,
-                )
+                judged = cache_on(url, judge_margin=margin)
                 results["after"][margin] = run(judged, fake, test_rows, answer_intent | intent)
                 judged.close()
                 print(f"  {results['after'][margin]}", flush=True)
-            no_judge = Cache(url, embedder=Precomputed(vectors), llm=client, namespace="b77", environ={}, guard=False)
+            no_judge = cache_on(url, judged=False)
             results["verifier alone"] = run(no_judge, fake, test_rows, answer_intent | intent)
             print(f"  verifier alone: {results['verifier alone']}", flush=True)
             no_judge.close()
