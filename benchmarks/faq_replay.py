@@ -29,7 +29,6 @@ import csv
 import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +41,13 @@ from pgcache.quality import calibrate
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside it
 from benchmarks import verifier_replay  # noqa: E402
+from benchmarks.verifier_data import OOS, first_k  # noqa: E402
 
 THRESHOLDS = (0.76, 0.80, 0.82, 0.85, 0.88, 0.90, 0.92)
 SURE_LEVELS = (0.95, 0.97, 1.01)  # 1.01: the guard checks every candidate
 ABLATION_THRESHOLD = 0.82
 TARGET_PRECISION = 0.98
 GOAL = 0.02  # at most 2% of semantic hits wrong
-OOS = "oos"
 RULE_NAMES = list(guard.RULES)
 B1, B5, C1, C5, PAWS = "Banking77 K=1", "Banking77 K=5", "CLINC150 K=1", "CLINC150 K=5", "PAWS test"
 GOAL_SETS = (B5, C5, PAWS)  # the goal's data sets (replays with five phrasings per intent)
@@ -172,17 +171,6 @@ def embed_all(texts: set[str]) -> dict[str, np.ndarray]:
         vectors.update(zip(chunk, embed_texts(embedder, chunk), strict=True))
         print(f"  embedded {i + len(chunk):,}/{len(ordered):,} texts ({time.perf_counter() - start:.0f}s)", flush=True)
     return vectors
-
-
-def first_k(rows: list[dict[str, str]], k: int) -> list[dict[str, str]]:
-    """The first k phrasings of every in-scope intent, in file order."""
-    seen: dict[str, int] = defaultdict(int)
-    picked = []
-    for row in rows:
-        if row["intent"] != OOS and seen[row["intent"]] < k:
-            seen[row["intent"]] += 1
-            picked.append(row)
-    return picked
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

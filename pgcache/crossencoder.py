@@ -113,6 +113,18 @@ def _shared_tokenizer() -> Any:
         return _tokenizer
 
 
+def _tokenize(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> Any:
+    """Both texts of each pair in one input, as the model is trained and scored on them."""
+    return tokenizer(
+        [a for a, _ in pairs],
+        [b for _, b in pairs],
+        padding=True,
+        truncation=True,
+        max_length=MAX_LENGTH,
+        return_tensors="pt",
+    )
+
+
 KINDS = ("lora", "top", "full")
 
 
@@ -253,14 +265,7 @@ class CrossEncoder:
         with self._lock, torch.inference_mode():
             for start in range(0, len(pairs), batch_size):
                 chunk = pairs[start : start + batch_size]
-                inputs = tokenizer(
-                    [a for a, _ in chunk],
-                    [b for _, b in chunk],
-                    padding=True,
-                    truncation=True,
-                    max_length=MAX_LENGTH,
-                    return_tensors="pt",
-                )
+                inputs = _tokenize(tokenizer, chunk)
                 logits.append(self._scorer(**inputs).logits.squeeze(-1).float().numpy())
         return 1 / (1 + np.exp(-np.concatenate(logits)))
 
@@ -337,14 +342,7 @@ def train(
         for batch, chunk in enumerate(_batches(lengths, batch_size, rng)):
             # Each pair in a random order, so that the model learns a symmetric relation.
             ordered = [train_pairs[i] if rng.random() < 0.5 else train_pairs[i][::-1] for i in chunk]
-            inputs = tokenizer(
-                [a for a, _ in ordered],
-                [b for _, b in ordered],
-                padding=True,
-                truncation=True,
-                max_length=MAX_LENGTH,
-                return_tensors="pt",
-            )
+            inputs = _tokenize(tokenizer, ordered)
             target = torch.tensor([float(train_labels[i]) for i in chunk])
             loss = loss_function(model(**inputs).logits.squeeze(-1), target)
             optimizer.zero_grad()
