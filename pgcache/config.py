@@ -78,6 +78,36 @@ def _path(value: Any, label: str) -> Path | None:
     return Path(value).expanduser()
 
 
+def _http_url(value: Any, label: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
+        raise ConfigurationError(f"{label} must be an http:// or https:// URL, got {short_repr(value)}")
+    return value.strip()
+
+
+def _secret(value: Any, label: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigurationError(f"{label} must be a non-empty string")  # the value itself is never shown
+    return value.strip()
+
+
+def _dimensions(value: Any, label: str) -> int | None:
+    from .queries import EMBEDDING_DIMENSIONS
+
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= EMBEDDING_DIMENSIONS:
+        raise ConfigurationError(
+            f"{label} must be an integer in 1..{EMBEDDING_DIMENSIONS} (the column's width), got {short_repr(value)}"
+        )
+    return value
+
+
 def _choice(*choices: str) -> Callable[[Any, str], str]:
     def check(value: Any, label: str) -> str:
         lowered = value.lower() if isinstance(value, str) else value
@@ -266,6 +296,25 @@ class Settings:
         "embedding model name (OpenAI) or model path (local)",
         "`text-embedding-3-small` / bundled MiniLM",
     )
+    embedding_base_url: str | None = setting(
+        None,
+        _text_kind(_http_url),
+        "an OpenAI-compatible endpoint for embeddings alone (e.g. a local embedding server), "
+        "while chat keeps the SDK's endpoint",
+        "the chat endpoint",
+    )
+    embedding_api_key: str | None = setting(
+        None,
+        _text_kind(_secret),
+        "API key for the embedding endpoint; the chat key is never sent to `PGCACHE_EMBEDDING_BASE_URL`",
+        "the chat key (none sent to an embedding endpoint of its own)",
+    )
+    embedding_dimensions: int | None = setting(
+        None,
+        _text_kind(_dimensions),
+        "ask the embedding model for vectors this wide (models that can shorten theirs, e.g. text-embedding-3-*)",
+        "the model's width (learned from its first answer)",
+    )
     model: str = setting(DEFAULT_MODEL, NAME, "default chat model")
     namespace: str = setting(DEFAULT_NAMESPACE, NAME, "namespace of entries and lookups")
     ttl: float | None = setting(
@@ -370,6 +419,8 @@ class Settings:
         for name in ("database_url", "read_database_url"):
             if shown[name]:
                 shown[name] = redact(shown[name])
+        if shown["embedding_api_key"]:
+            shown["embedding_api_key"] = "***"
         return f"Settings({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @classmethod
@@ -391,8 +442,20 @@ class Settings:
         from .embedders import LocalEmbedder, OpenAIEmbedder
 
         if self.embedder == "local":
+            names = ("embedding_base_url", "embedding_api_key", "embedding_dimensions")
+            given = [variable(name) for name in names if getattr(self, name) is not None]
+            if given:
+                raise ConfigurationError(f"{', '.join(given)} applies to the openai embedder, not to the local one")
             return LocalEmbedder(self.embedding_model) if self.embedding_model else LocalEmbedder()
-        return OpenAIEmbedder(client=client, model=self.embedding_model or DEFAULT_EMBEDDING_MODEL)
+        own_endpoint = self.embedding_base_url is not None or self.embedding_api_key is not None
+        return OpenAIEmbedder(
+            # With an endpoint of its own, the chat client (and its key) stay out of embeddings.
+            client=None if own_endpoint else client,
+            model=self.embedding_model or DEFAULT_EMBEDDING_MODEL,
+            dimensions=self.embedding_dimensions,
+            base_url=self.embedding_base_url,
+            api_key=self.embedding_api_key,
+        )
 
     def make_judge(self, client: Any = None) -> Any:
         """The configured LLM judge, or None."""

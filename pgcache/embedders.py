@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import ConfigurationError, EmbedderError
 from .queries import EMBEDDING_DIMENSIONS
+from .validation import short_repr
 
 DEFAULT_THRESHOLD = 0.92
 """Cosine similarity for OpenAI's text-embedding-3-small (the tutorial's value)."""
@@ -38,22 +39,45 @@ class Embedder(Protocol):
     def embed(self, texts: list[str]) -> Sequence[Sequence[float]]: ...
 
 
-# Known output widths; text-embedding-3-large is asked for 1536 dimensions so it fits the column.
-_OPENAI_DIMENSIONS = {"text-embedding-3-small": 1536, "text-embedding-ada-002": 1536, "text-embedding-3-large": 1536}
-_OPENAI_SHORTENED = {"text-embedding-3-small", "text-embedding-3-large"}
+# OpenAI's embedding models: their full output width, and whether they accept ``dimensions``
+# (a shorter vector on request). Any other model's width is learned from its first response.
+_OPENAI_MODELS = {
+    "text-embedding-3-small": (1536, True),
+    "text-embedding-3-large": (3072, True),
+    "text-embedding-ada-002": (1536, False),
+}
+_WIDTH_PROBE = "pgcache width probe"
+NO_KEY = "no-key"
+"""The API key sent to an embedding endpoint of its own that was given none (local servers need none)."""
 
 
 class OpenAIEmbedder:
     """Embeddings from any OpenAI-compatible ``/v1/embeddings`` endpoint.
 
     ``client`` is an ``openai.OpenAI`` (its ``base_url`` picks the endpoint);
-    without one, a client is built from the SDK's environment variables on the
-    first call. Inputs are sent in batches within the API's limits (2,048
-    inputs and roughly 300k tokens per request).
+    or give ``base_url`` (and ``api_key``) for an endpoint of the embedder's
+    own, e.g. a local embedding server while chat goes to a hosted API. With
+    neither, a client is built from the SDK's environment variables on the
+    first call. The chat client's key is never sent to an endpoint given by
+    ``base_url``: without ``api_key`` that endpoint gets a placeholder.
+
+    The width of OpenAI's models is known; any other model's is learned from
+    its first response (or a one-word probe, if ``name`` or ``dimensions`` is
+    read first) and is part of ``name``, so vectors of a model whose width
+    changed are never compared with the old ones. ``dimensions`` asks a model
+    that can shorten its output (text-embedding-3-*) for a shorter vector. A
+    model wider than the column (1536) is asked for 1536; one that cannot
+    shorten its output is refused with :class:`ConfigurationError`, never
+    truncated.
+
+    Inputs are sent in batches within the API's limits (2,048 inputs and
+    roughly 300k tokens per request).
     """
 
     max_batch = 2048
     max_batch_chars = 600_000
+    timeout = 60.0
+    """Seconds per request of a client the embedder builds itself."""
 
     def __init__(
         self,
@@ -61,25 +85,56 @@ class OpenAIEmbedder:
         model: str = "text-embedding-3-small",
         dimensions: int | None = None,
         default_threshold: float = DEFAULT_THRESHOLD,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
     ) -> None:
-        if not isinstance(model, str) or not model:
+        if not isinstance(model, str) or not model.strip():
             raise ConfigurationError("OpenAIEmbedder model must be a non-empty string")
+        if dimensions is not None and (
+            isinstance(dimensions, bool)
+            or not isinstance(dimensions, int)
+            or not 0 < dimensions <= EMBEDDING_DIMENSIONS
+        ):
+            raise ConfigurationError(
+                f"OpenAIEmbedder dimensions must be an integer in 1..{EMBEDDING_DIMENSIONS} "
+                f"(the column's width), got {short_repr(dimensions)}"
+            )
+        if client is not None and (base_url is not None or api_key is not None):
+            raise ConfigurationError("give OpenAIEmbedder either a client or base_url/api_key, not both")
+        for label, value in (("base_url", base_url), ("api_key", api_key)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigurationError(f"OpenAIEmbedder {label} must be a non-empty string")
         self._client = client
+        self._base_url, self._api_key = base_url, api_key
         self.model = model
-        self._request_dimensions = None
-        if dimensions is None:
-            dimensions = _OPENAI_DIMENSIONS.get(model, EMBEDDING_DIMENSIONS)
-            if model == "text-embedding-3-large":
-                self._request_dimensions = dimensions
-        elif model in _OPENAI_SHORTENED:
-            self._request_dimensions = dimensions
-        if not 0 < dimensions <= EMBEDDING_DIMENSIONS:
-            raise ConfigurationError(f"OpenAIEmbedder dimensions must be 1..{EMBEDDING_DIMENSIONS}, got {dimensions}")
-        self.dimensions = dimensions
-        suffix = f"@{self._request_dimensions}" if self._request_dimensions else ""
-        self.name = f"openai/{model}{suffix}"
         self.default_threshold = default_threshold
+        self._requested: int | None = None
+        """The ``dimensions`` sent with every request (None: the model's full width)."""
+        self._width: int | None = None
+        """The width of the vectors; None until learned from the endpoint."""
+        known = _OPENAI_MODELS.get(model)
+        if known is not None:
+            full, shortens = known
+            if dimensions is not None and not shortens and dimensions != full:
+                raise ConfigurationError(
+                    f"{model} returns {full}-dimensional vectors and cannot shorten them; leave dimensions unset"
+                )
+            if dimensions is not None and dimensions > full:
+                raise ConfigurationError(f"{model} returns at most {full} dimensions, not {dimensions}")
+            if dimensions is not None and shortens:
+                self._requested = dimensions
+            elif full > EMBEDDING_DIMENSIONS:
+                self._requested = EMBEDDING_DIMENSIONS
+            self._width = dimensions or min(full, EMBEDDING_DIMENSIONS)
+        elif dimensions is not None:
+            self._requested = self._width = dimensions  # checked against the first response
+        self._settled = known is not None
+        """True once the width is known and the endpoint's vectors have been seen to have it."""
+        self._refusal: ConfigurationError | None = None
+        """Why this model cannot be used, once learned: raised again without asking the endpoint."""
         self._lock = threading.Lock()
+        self._width_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -87,20 +142,89 @@ class OpenAIEmbedder:
             if self._client is None:
                 import openai
 
-                self._client = openai.OpenAI()
+                # A minute per request (the SDK's default is ten): a warm's large batches on a CPU server
+                # take seconds, while a hung endpoint must not hold lookups for long.
+                key = self._api_key or (NO_KEY if self._base_url is not None else None)
+                self._client = openai.OpenAI(base_url=self._base_url, api_key=key, timeout=self.timeout, max_retries=1)
             return self._client
+
+    @property
+    def dimensions(self) -> int:
+        """The width of the vectors (asks the endpoint once if the model's width is not known yet)."""
+        if self._width is None:
+            self.embed([_WIDTH_PROBE])
+        assert self._width is not None
+        return self._width
+
+    @property
+    def name(self) -> str:
+        """``openai/<model>``, with ``@<width>`` when the vectors are not the model's full 1536."""
+        width = self.dimensions
+        if self._requested is not None:
+            return f"openai/{self.model}@{self._requested}"
+        return f"openai/{self.model}" if width == EMBEDDING_DIMENSIONS else f"openai/{self.model}@{width}"
 
     def embed(self, texts: list[str]) -> list[Any]:
         vectors: list[Any] = []
         for batch in _batches(texts, self.max_batch, self.max_batch_chars):
-            kwargs = {"dimensions": self._request_dimensions} if self._request_dimensions else {}
-            data = self._request(batch, kwargs)
+            try:
+                data = self._fetch(batch)
+            except (EmbedderError, ConfigurationError):
+                raise
+            except Exception as exc:
+                # Named by its model: reading ``name`` could mean asking the failing endpoint again.
+                raise EmbedderError(f"embedder openai/{self.model} failed: {type(exc).__name__}: {exc}") from exc
             if len(data) != len(batch):
-                raise EmbedderError(f"{self.name} returned {len(data)} embeddings for {len(batch)} inputs")
+                raise EmbedderError(
+                    f"embedder openai/{self.model} returned {len(data)} embeddings for {len(batch)} inputs"
+                )
             vectors.extend(_decode(item["embedding"]) for item in sorted(data, key=lambda item: item["index"]))
         return vectors
 
-    def _request(self, batch: list[str], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    def _fetch(self, batch: list[str]) -> list[dict[str, Any]]:
+        """One request; the first one also settles the width of a model not known in advance."""
+        if self._settled:
+            return self._request(batch, self._requested)
+        with self._width_lock:
+            if self._refusal is not None:
+                raise self._refusal
+            if self._settled:
+                return self._request(batch, self._requested)
+            data = self._request(batch, self._requested)
+            width = _width_of(data)
+            if self._requested is not None and width != self._requested:
+                self._refusal = ConfigurationError(
+                    f"embedding model {self.model} returned {width}-dimensional vectors when asked for "
+                    f"{self._requested}: it cannot shorten its output, so leave the embedding dimensions unset"
+                )
+                raise self._refusal
+            if width > EMBEDDING_DIMENSIONS:
+                data = self._shortened(batch, width)
+                width = EMBEDDING_DIMENSIONS
+            self._width, self._settled = width, True
+            return data
+
+    def _shortened(self, batch: list[str], width: int) -> list[dict[str, Any]]:
+        """The batch again, asking for the column's width; refused if the model cannot give it."""
+        refusal = ConfigurationError(
+            f"embedding model {self.model} returns {width}-dimensional vectors and cannot shorten them to the "
+            f"{EMBEDDING_DIMENSIONS} the cache stores: choose a model of at most {EMBEDDING_DIMENSIONS} dimensions "
+            "(PGCACHE_EMBEDDING_MODEL) or one that accepts a dimensions parameter"
+        )
+        try:
+            data = self._request(batch, EMBEDDING_DIMENSIONS)
+        except Exception as exc:
+            if not 400 <= (getattr(exc, "status_code", None) or 0) < 500:
+                raise  # the endpoint failed, which says nothing about the model
+            data = []  # the endpoint refused the parameter
+        if not data or _width_of(data) != EMBEDDING_DIMENSIONS:
+            self._refusal = refusal
+            raise refusal
+        self._requested = EMBEDDING_DIMENSIONS
+        return data
+
+    def _request(self, batch: list[str], dimensions: int | None) -> list[dict[str, Any]]:
+        kwargs = {"dimensions": dimensions} if dimensions is not None else {}
         embeddings = self.client.embeddings
         raw = getattr(embeddings, "with_raw_response", None)
         if raw is None:  # an OpenAI-like client without the SDK's raw responses
@@ -110,6 +234,12 @@ class OpenAIEmbedder:
         # Python floats and a pydantic model first, a third of a large warm's time.
         response = raw.create(model=self.model, input=batch, encoding_format="base64", **kwargs)
         return response.http_response.json()["data"]
+
+
+def _width_of(data: list[dict[str, Any]]) -> int:
+    if not data:
+        raise EmbedderError("the embedding endpoint returned no embeddings")
+    return len(_decode(data[0]["embedding"]))
 
 
 class LocalEmbedder:
@@ -182,6 +312,20 @@ def _decode(embedding: Any) -> Any:
     return embedding
 
 
+def learn_width(embedder: Any) -> str | None:
+    """Settle the embedder's width now: one request, for a model whose width is not known yet.
+
+    Raises :class:`ConfigurationError` when the model cannot be used (wider than
+    the column and unable to shorten its vectors). Returns why the endpoint could
+    not be asked when it failed (the width is then learned on first use), else None.
+    """
+    try:
+        int(embedder.dimensions)
+    except EmbedderError as exc:
+        return str(exc)
+    return None
+
+
 def threshold_for(embedder: Any) -> float:
     """The embedder's own default threshold, else the text-embedding-3-small one."""
     value = getattr(embedder, "default_threshold", None)
@@ -192,20 +336,23 @@ def embed_texts(embedder: Any, texts: list[str]) -> np.ndarray:
     """Embed ``texts`` and return unit vectors padded to the column width, shape ``(n, 1536)``.
 
     Raises :class:`EmbedderError` when the embedder fails or returns a wrong
-    count, a wrong width, a zero vector, NaN or infinity.
+    count, a wrong width, a zero vector, NaN or infinity, and
+    :class:`ConfigurationError` when it cannot be used as configured (a model
+    wider than the column that cannot shorten its vectors).
     """
-    name = getattr(embedder, "name", type(embedder).__name__)
     try:
         raw = embedder.embed(list(texts))
-    except EmbedderError:
+    except (EmbedderError, ConfigurationError):
         raise
     except Exception as exc:
+        name = getattr(embedder, "name", type(embedder).__name__)
         raise EmbedderError(f"embedder {name} failed: {type(exc).__name__}: {exc}") from exc
+    # Read after embedding: an embedder may learn its width (and so its name) from its first answer.
+    name, expected = embedder.name, int(embedder.dimensions)
     try:
         matrix = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise EmbedderError(f"embedder {name} returned vectors of unequal or non-numeric shape: {exc}") from None
-    expected = int(embedder.dimensions)
     if matrix.ndim != 2 or matrix.shape[0] != len(texts):
         raise EmbedderError(
             f"embedder {name} returned {matrix.shape[0] if matrix.ndim else 0} vectors for {len(texts)} texts"

@@ -95,6 +95,7 @@ class FakeOpenAI:
         with self.lock:
             self.calls = {"chat": 0, "embeddings": 0}
             self.embedded_texts: list[str] = []
+            self.embedding_requests: list[dict] = []  # each request's parameters, without its input
             self.chat_requests: list[dict] = []
             self.headers: list[dict] = []
             self.fail_chat = None  # an HTTP status to answer chat calls with
@@ -103,6 +104,9 @@ class FakeOpenAI:
             self.stream_delay = 0.0  # seconds between streamed chunks
             self.judge_answer = "yes"  # what the judge says; an int: fail with that status; a function of (a, b)
             self.judge_calls = 0
+            # Embedding models by name: (width, what a `dimensions` parameter gets: "shortens", "ignored" or
+            # "refused" with a 400). Any other name answers 1536 wide and shortens.
+            self.embedding_models: dict[str, tuple[int, str]] = {}
 
     def chat(self, body: dict) -> tuple[int, dict]:
         if "cached answer may be reused" in str(body["messages"][0].get("content")):
@@ -223,12 +227,20 @@ class FakeOpenAI:
 
     def embeddings(self, body: dict) -> tuple[int, dict]:
         texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-        dimensions = body.get("dimensions") or 1536
         with self.lock:
             self.calls["embeddings"] += 1
             if self.record:
                 self.embedded_texts.extend(texts)
+                self.embedding_requests.append({k: v for k, v in body.items() if k != "input"})
             topics = tuple(self.topics)
+            width, shortening = self.embedding_models.get(body["model"], (1536, "shortens"))
+        dimensions = width
+        if body.get("dimensions"):
+            if shortening == "refused":
+                message = f"model {body['model']} does not support the dimensions parameter"
+                return 400, {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+            if shortening == "shortens":
+                dimensions = body["dimensions"]
         arrays = [fake_vector(t, topics, dimensions) for t in texts]
         if body.get("encoding_format") == "base64":  # what the SDK asks for unless told otherwise
             vectors = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in arrays]

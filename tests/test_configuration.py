@@ -23,6 +23,9 @@ SAMPLES = {
     "data_dir": ("/tmp/pgcache-data", Path("/tmp/pgcache-data")),
     "embedder": ("LOCAL", "local"),
     "embedding_model": ("my-model", "my-model"),
+    "embedding_base_url": ("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/v1"),
+    "embedding_api_key": ("tei-key-1", "tei-key-1"),
+    "embedding_dimensions": ("512", 512),
     "model": ("gpt-4o", "gpt-4o"),
     "namespace": ("ns", "ns"),
     "ttl": ("12h", 43200),
@@ -82,6 +85,9 @@ def test_every_variable_is_read_and_every_argument_wins_over_it(name):
         ("connect_timeout", "never"),
         ("database_url", "mysql://x"),
         ("embedder", "bert"),
+        ("embedding_base_url", "localhost:11434"),
+        ("embedding_dimensions", "3072"),
+        ("embedding_dimensions", "wide"),
     ],
 )
 def test_bad_variables_name_the_variable_or_the_value(name, text):

@@ -19,7 +19,7 @@ import openai
 import pytest
 import uvicorn
 
-from pgcache import Cache
+from pgcache import Cache, ConfigurationError
 from pgcache.embedders import OpenAIEmbedder
 from pgcache.server.app import create_app
 from pgcache.server.settings import ServerSettings
@@ -333,3 +333,24 @@ def test_server_secrets_are_checked_and_never_shown():
         ServerSettings.resolve({}, {"PGCACHE_ADMIN_TOKEN": "short"})
     with pytest.raises(ValueError, match="upstream_url must be an http:// or https:// URL"):
         ServerSettings.resolve({"upstream_url": "ftp://example.com"}, {})
+
+
+def test_an_embedding_model_the_cache_cannot_store_stops_the_server_at_start(database_url, llm, fake, caplog):
+    fake.embedding_models["wide-embed"] = (3072, "refused")
+    cache = Cache(database_url, llm=llm, embedding_model="wide-embed", environ={})
+    app = create_app(cache, ServerSettings.resolve({"upstream_url": fake.base_url}, {}), environ={})
+
+    async def start():
+        async with app.router.lifespan_context(app):
+            pass
+
+    with pytest.raises(ConfigurationError, match="wide-embed returns 3072-dimensional vectors and cannot shorten"):
+        asyncio.run(start())
+    fake.embedding_models["wide-embed"] = (768, "ignored")
+    down = Cache(database_url, llm=llm, embedding_model="wide-embed", embedding_base_url="http://127.0.0.1:9/v1")
+    app = create_app(down, ServerSettings.resolve({"upstream_url": fake.base_url}, {}), environ={})
+    with caplog.at_level("WARNING", logger="pgcache.server"):
+        asyncio.run(start())
+    assert "the embedding endpoint did not answer at start (embedder openai/wide-embed failed" in caplog.text
+    cache.close()
+    down.close()

@@ -35,7 +35,16 @@ def test_every_variable_is_read():
             "PGCACHE_THRESHOLD": "0.85",
         }
     )
-    assert settings == Settings("postgres://u@h/d", Path("/tmp/x"), "local", "m", "gpt-4o", "ns", 604800, 0.85)
+    assert settings == Settings(
+        database_url="postgres://u@h/d",
+        data_dir=Path("/tmp/x"),
+        embedder="local",
+        embedding_model="m",
+        model="gpt-4o",
+        namespace="ns",
+        ttl=604800,
+        threshold=0.85,
+    )
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from starlette.staticfiles import StaticFiles
 from .. import offload as bridge
 from ..cache import Cache
 from ..config import default_prices
+from ..embedders import learn_width
 from ..errors import ConfigurationError, InvalidRequestError, PgcacheError
 from ..flight import Flight
 from ..result import CacheResult
@@ -87,6 +88,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # A model the cache cannot store stops the server here, in one sentence, rather than at each request.
+        problem = await bridge.offload(server.cache, learn_width, server.cache.embedder)
+        if problem:
+            _log.warning("pgcache serve: the embedding endpoint did not answer at start (%s)", problem)
         yield
         await server.close()
 
