@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from . import maintenance, quality, queries, training, verifiers
+from . import hooks, maintenance, quality, queries, training, verifiers
 from .backend import Backend
 from .config import UNSET, Settings, default_prices
 from .durations import parse_ttl
@@ -72,6 +72,26 @@ class Admin:
         """
         return maintenance.invalidate(self.backend.database(), self.filters(**filters), yes=yes)
 
+    def invalidate_tags(self, tags: Iterable[str], *, namespace: str | None = None, mode: str = "delete") -> int:
+        """Delete (``mode="expire"``: expire) the entries carrying any of ``tags``; return how many.
+
+        For changes that happen outside the database (a CMS webhook, a file
+        that changed). ``namespace=None`` means every namespace, as hooks do.
+        """
+        return hooks.invalidate_tags(self.backend.database(), tags, namespace=namespace, mode=mode)
+
+    def add_hook(self, table: str, **options: Any) -> hooks.Hook:
+        """Install an invalidation hook on an application table (see :func:`pgcache.hooks.add_hook`)."""
+        return hooks.add_hook(self.backend.database(), table, **options)
+
+    def list_hooks(self) -> list[hooks.Hook]:
+        """Every installed invalidation hook."""
+        return hooks.list_hooks(self.backend.database())
+
+    def remove_hook(self, hook_id: int) -> bool:
+        """Drop an invalidation hook and its triggers; False if there was none with that id."""
+        return hooks.remove_hook(self.backend.database(), hook_id)
+
     def preview_invalidation(self, limit: int = 5, **filters: Any) -> tuple[int, list[dict[str, Any]]]:
         """What ``invalidate`` with the same filters would delete: the count and a sample."""
         return maintenance.preview_invalidation(self.backend.database(), self.filters(**filters), limit)
@@ -84,19 +104,36 @@ class Admin:
         return maintenance.index_status(self.backend.database())
 
     def report(
-        self, *, since: Any = None, namespace: str | None = None, model: str | None = None, limit: int = 10
+        self,
+        *,
+        since: Any = None,
+        namespace: str | None = None,
+        model: str | None = None,
+        limit: int = 10,
+        what_if_threshold: float | None = None,
     ) -> dict[str, Any]:
         """Hit rates, tokens, money and LLM time saved, top entries, near misses, threshold and index.
 
         ``since`` is a duration (``"7d"``); ``namespace`` and ``model`` filter,
         and ``None`` means all of them (unlike lookups, which use the cache's namespace).
+        ``what_if_threshold`` adds a ``what_if`` section: the semantic hits that
+        threshold would have served instead, replayed from the ledger
+        (:func:`pgcache.report.what_if`).
         """
+        if what_if_threshold is not None:
+            what_if_threshold = check_threshold(what_if_threshold, "what_if_threshold")
         window = None
         if since is not None:
             seconds = parse_ttl(since, name="since")
             window = None if seconds is None else timedelta(seconds=seconds)
         figures = build_report(
-            self.backend.database(), self.prices, since=window, namespace=namespace, model=model, limit=limit
+            self.backend.database(),
+            self.prices,
+            since=window,
+            namespace=namespace,
+            model=model,
+            limit=limit,
+            what_if_threshold=what_if_threshold,
         )
         value, source = self.thresholds.in_force(namespace or self.namespace)
         figures["threshold"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,11 +12,13 @@ import typer
 
 from . import config, db, embedded, quality, report_render
 from .cache import Cache
+from .cli_hooks import app as hooks_app
 from .cli_options import DatabaseUrl, DataDir, Namespace, given, open_cache, settings_for, url_for
 from .cli_serve import serve
 from .cli_verifier import app as verifier_app
 from .durations import parse_ttl
 from .errors import PgcacheError
+from .validation import check_threshold
 from .warm import WarmResult
 
 app = typer.Typer(
@@ -28,6 +31,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Create, migrate and locate the cache database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(verifier_app, name="verifier")
+app.add_typer(hooks_app, name="hooks")
 app.command()(serve)
 
 Retrain = Annotated[
@@ -318,15 +322,23 @@ def report(
     ] = None,
     limit: Annotated[int, typer.Option(help="Rows of top entries and near misses.")] = 10,
     output: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    what_if_threshold: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="SIMILARITY",
+            help="Also replay the ledger at this semantic threshold: hits gained and lost (table and json).",
+        ),
+    ] = None,
 ) -> None:
     """Hit rates, tokens, money and LLM time saved, top entries, near misses and a per-day chart.
 
-    Example: pgcache report --since 7d --format json
+    Example: pgcache report --since 7d --what-if-threshold 0.85 --format json
     """
     if output not in ("table", "json", "csv"):
         raise PgcacheError(f"--format must be table, json or csv, got {output!r}")
+    proposed = _similarity(what_if_threshold, "--what-if-threshold")
     with open_cache(database_url, data_dir) as cache:
-        figures = cache.report(since=since, namespace=namespace, model=model, limit=limit)
+        figures = cache.report(since=since, namespace=namespace, model=model, limit=limit, what_if_threshold=proposed)
     if output == "json":
         typer.echo(json.dumps(figures, indent=2))
     elif output == "csv":
@@ -335,6 +347,16 @@ def report(
         from rich.console import Console
 
         report_render.render(figures, Console())
+
+
+def _similarity(value: str | None, option: str) -> float | None:
+    """A cosine similarity given on the command line; "high" or 1.5 get the library's message."""
+    if value is None:
+        return None
+    number: Any = value
+    with contextlib.suppress(ValueError):
+        number = float(value)
+    return check_threshold(number, option)
 
 
 PairsFile = Annotated[Path, typer.Argument(help="CSV or TSV with a, b, label columns (1: one answer serves both).")]

@@ -78,6 +78,7 @@ class Entry(Base):
         CheckConstraint("(embedding IS NULL) = (embedder IS NULL)", name="embedder"),
         Index("pgcache_entries_expires_at_idx", "expires_at"),
         Index("pgcache_entries_scope_idx", "scope_key", "embedder"),
+        Index("pgcache_entries_tags_idx", "tags", postgresql_using="gin"),
         # Over half-precision copies of the vectors: half the size, same recall after re-ranking.
         Index(
             INDEX_NAME,
@@ -206,3 +207,24 @@ class Judgement(Base):
     verdict: Mapped[bool] = mapped_column(Boolean, nullable=False)
 
     __table_args__ = (Index("pgcache_judgements_namespace_idx", "namespace", "embedder", "at"),)
+
+
+class Hook(Base):
+    """An invalidation hook: a trigger on an application table retires the entries tagged with its changed rows.
+
+    Installed and removed by the SQL functions ``pgcache_add_hook`` and
+    ``pgcache_remove_hook`` (migration 0008), which also manage the triggers.
+    """
+
+    __tablename__ = "pgcache_hooks"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False), primary_key=True)
+    table_name: Mapped[str] = mapped_column(Text, nullable=False)
+    templates: Mapped[list] = mapped_column(JSONB, nullable=False)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    events: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    mode: Mapped[str] = mapped_column(Text, nullable=False)
+    namespace: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (CheckConstraint("mode IN ('delete', 'expire')", name="mode"),)

@@ -306,6 +306,60 @@ SELECT lookup_id, at, namespace, model, similarity, threshold, gap, prompt, cand
 FROM pgcache_near_misses WHERE {where} ORDER BY gap, at DESC LIMIT %(limit)s
 """
 
+# The what-if of `pgcache report --what-if-threshold`: per namespace and overall (ROLLUP), from the ledger alone.
+# A learned verifier may serve its second or third candidate; that one's similarity, from verifier_scores,
+# decides whether the hit survives (read only where a verifier scored: a third faster on a large ledger).
+# split_part names the check that refused: feedback, guard, verifier, judge, unverifiable.
+REPORT_WHAT_IF = """
+WITH ledger AS (
+    SELECT l.namespace, l.outcome, l.similarity, l.threshold, l.rejected_by,
+           l.prompt_tokens, l.completion_tokens, l.verifier_scores IS NOT NULL AS scored,
+           l.outcome IN ('semantic', 'miss') AND l.similarity IS NOT NULL AS considered,
+           CASE WHEN l.outcome <> 'semantic' THEN NULL
+                WHEN l.verifier_scores IS NULL THEN l.similarity
+                ELSE coalesce(
+                    (SELECT max((s ->> 'similarity')::double precision)
+                     FROM jsonb_array_elements(l.verifier_scores) AS s
+                     WHERE (s ->> 'entry_id')::bigint = l.entry_id),
+                    l.similarity) END AS served_similarity
+    FROM pgcache_lookups AS l
+    WHERE {where}
+), judged AS (
+    SELECT *,
+           served_similarity < %(threshold)s AS lost,
+           outcome = 'miss' AND similarity >= %(threshold)s AS candidate,
+           split_part(rejected_by, ':', 1) AS refused_by,
+           coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0) AS tokens
+    FROM ledger
+)
+SELECT CASE WHEN grouping(namespace) = 0 THEN namespace END AS namespace,
+       count(*) AS lookups,
+       count(*) FILTER (WHERE outcome = 'exact') AS exact_hits,
+       count(*) FILTER (WHERE outcome IN ('semantic', 'miss') AND similarity IS NULL) AS no_candidate,
+       count(*) FILTER (WHERE outcome = 'bypass') AS bypasses,
+       count(*) FILTER (WHERE outcome = 'error') AS errors,
+       count(*) FILTER (WHERE considered) AS considered,
+       count(*) FILTER (WHERE considered AND scored) AS verifier_scored,
+       min(threshold) FILTER (WHERE considered) AS threshold_min,
+       max(threshold) FILTER (WHERE considered) AS threshold_max,
+       count(*) FILTER (WHERE considered AND outcome = 'semantic') AS semantic_hits,
+       count(*) FILTER (WHERE lost) AS hits_lost,
+       coalesce(sum(tokens) FILTER (WHERE lost), 0) AS lost_hit_tokens,
+       count(*) FILTER (WHERE candidate AND rejected_by IS NULL) AS new_hits,
+       coalesce(sum(tokens) FILTER (WHERE candidate AND rejected_by IS NULL), 0) AS new_hit_tokens,
+       count(*) FILTER (WHERE candidate AND rejected_by IS NULL AND completion_tokens IS NOT NULL)
+           AS new_hits_with_tokens,
+       count(*) FILTER (WHERE candidate AND rejected_by IS NOT NULL) AS still_refused,
+       count(*) FILTER (WHERE candidate AND refused_by = 'feedback') AS refused_feedback,
+       count(*) FILTER (WHERE candidate AND refused_by = 'guard') AS refused_guard,
+       count(*) FILTER (WHERE candidate AND refused_by = 'verifier') AS refused_verifier,
+       count(*) FILTER (WHERE candidate AND refused_by = 'judge') AS refused_judge,
+       count(*) FILTER (WHERE candidate AND refused_by = 'unverifiable') AS refused_unverifiable
+FROM judged
+GROUP BY ROLLUP (namespace)
+ORDER BY grouping(namespace) DESC, namespace
+"""
+
 REPORT_FILTERS = {
     "namespace": "(%(namespace)s::text IS NULL OR namespace = %(namespace)s)",
     "model": "(%(model)s::text IS NULL OR model = %(model)s)",
@@ -324,3 +378,23 @@ FIND_VERSION_TABLE = "SELECT to_regclass(%s)"
 SCHEMA_VERSION = f"SELECT version_num FROM {VERSION_TABLE}"
 FIND_DATABASE = "SELECT 1 FROM pg_database WHERE datname = %s"
 CREATE_DATABASE = "CREATE DATABASE {name}"
+
+
+# -- invalidation hooks (migration 0008) ----------------------------------------------------------
+
+ADD_HOOK = "SELECT pgcache_add_hook(%s::regclass, %s::jsonb, %s::text[], %s::text[], %s, %s)"
+FIND_TABLE = "SELECT to_regclass(%s)::text"
+LIST_HOOKS = """
+SELECT id, table_name, templates, tags, events, mode, namespace, created_at, to_regclass(table_name) IS NOT NULL
+FROM pgcache_hooks ORDER BY id
+"""
+REMOVE_HOOK = "SELECT pgcache_remove_hook(%s)"
+INVALIDATE_TAGS = """
+DELETE FROM pgcache_entries
+WHERE tags && %(tags)s::text[] AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+"""
+EXPIRE_TAGS = """
+UPDATE pgcache_entries SET expires_at = now()
+WHERE tags && %(tags)s::text[] AND (%(namespace)s::text IS NULL OR namespace = %(namespace)s)
+  AND (expires_at IS NULL OR expires_at > now())
+"""

@@ -1,4 +1,4 @@
-"""Read-only reports over the reporting views (the same SQL users can run)."""
+"""Read-only reports over the reporting views (the same SQL users can run), and the what-if of another threshold."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
@@ -14,6 +15,8 @@ from . import queries
 from .connections import Database
 from .prices import cost
 
+REFUSALS = ("feedback", "guard", "verifier", "judge", "unverifiable")
+"""The checks named by ``rejected_by`` (its part before the colon), none of which depends on the threshold."""
 COUNTS = (
     "lookups",
     "exact_hits",
@@ -34,10 +37,12 @@ def build_report(
     namespace: str | None = None,
     model: str | None = None,
     limit: int = 10,
+    what_if_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Totals, per-model and per-day figures, top entries and near misses, as plain JSON-ready data.
 
     ``since`` counts whole UTC days for the per-day figures (the views are daily).
+    With ``what_if_threshold``, a ``what_if`` section too (see :func:`what_if`).
     """
     start = datetime.now(UTC) - since if since is not None else None
     params: dict[str, Any] = {
@@ -51,6 +56,7 @@ def build_report(
         daily = cur.execute(_query(queries.REPORT_DAILY, "namespace", "model", "day"), params).fetchall()
         top = cur.execute(_query(queries.REPORT_TOP, "namespace", "model"), params).fetchall()
         near = cur.execute(_query(queries.REPORT_NEAR, "namespace", "model", "at"), params).fetchall()
+        scenario = what_if(cur, what_if_threshold, params) if what_if_threshold is not None else None
 
     models: dict[str, dict[str, Any]] = {}
     days: dict[date, dict[str, Any]] = {}
@@ -77,7 +83,7 @@ def build_report(
     timed = [m["llm_seconds_saved"] for m in models.values() if m["llm_seconds_saved"] is not None]
     totals["dollars_saved"] = round(sum(priced), 9) if priced else None
     totals["llm_seconds_saved"] = round(sum(timed), 3) if timed else None
-    return {
+    report = {
         "since": start.isoformat() if start else None,
         "namespace": namespace,
         "model": model,
@@ -86,6 +92,60 @@ def build_report(
         "days": [_finish(d) for d in days.values()],
         "top_entries": [_jsonable(row) for row in top],
         "near_misses": [_jsonable(row) for row in near],
+    }
+    if scenario is not None:
+        report["what_if"] = scenario
+    return report
+
+
+def what_if(cur: psycopg.Cursor[dict[str, Any]], threshold: float, filters: Mapping[str, Any]) -> dict[str, Any]:
+    """How many more (or fewer) semantic hits ``threshold`` would have served, from the ledger alone.
+
+    One grouped query over ``pgcache_lookups`` (``filters``: ``namespace``,
+    ``model`` and ``at``, as for the report's other queries, ``None`` for
+    all). It replays the lookups that reached the semantic tier: a hit stays
+    while the similarity of the entry it served reaches ``threshold``; a miss
+    whose nearest candidate reaches it would have been served, unless a check
+    that does not depend on the threshold refused that candidate
+    (``rejected_by``: the entry's own threshold, a guard rule, the learned
+    verifier, the judge). A miss below the threshold in force met no check, so
+    whether the checks would let it through is unknown. Where a learned verifier
+    was in force, the ledger's threshold is its floor and ``threshold`` plays
+    the floor's part. Returns the overall figures with one row per namespace
+    under ``"namespaces"``; ``cur`` returns dict rows.
+    """
+    query = _query(queries.REPORT_WHAT_IF, "namespace", "model", "at")
+    rows = cur.execute(query, {**filters, "threshold": threshold}).fetchall()
+    overall, *namespaces = (_what_if_figures(row) for row in rows)
+    return {"threshold": threshold, **overall, "namespaces": namespaces}
+
+
+def _what_if_figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    kept = row["semantic_hits"] - row["hits_lost"]
+    net = row["new_hits"] - row["hits_lost"]
+    considered = row["considered"]
+    labels = {} if row["namespace"] is None else {"namespace": row["namespace"]}
+    return {
+        **labels,
+        "lookups": row["lookups"],
+        "excluded": {name: row[name] for name in ("exact_hits", "no_candidate", "bypasses", "errors")},
+        "considered": considered,
+        "verifier_scored": row["verifier_scored"],
+        "thresholds_in_force": None
+        if row["threshold_min"] is None
+        else {"min": row["threshold_min"], "max": row["threshold_max"]},
+        "semantic_hits": row["semantic_hits"],
+        "hits_kept": kept,
+        "hits_lost": row["hits_lost"],
+        "lost_hit_tokens": row["lost_hit_tokens"],
+        "new_hits": row["new_hits"],
+        "new_hit_tokens": row["new_hit_tokens"],
+        "new_hits_with_tokens": row["new_hits_with_tokens"],
+        "still_refused": row["still_refused"],
+        "refused_by": {check: row[f"refused_{check}"] for check in REFUSALS},
+        "hits_at_threshold": kept + row["new_hits"],
+        "net_change": net,
+        "net_change_share": round(net / considered, 4) if considered else None,
     }
 
 

@@ -26,7 +26,7 @@ BAR_WIDTH = 40
 
 
 def to_csv(report: dict[str, Any]) -> str:
-    """One row per model and a final ``*`` row with the totals."""
+    """One row per model and a final ``*`` row with the totals (a what-if has no place in them: json has it)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -140,6 +140,77 @@ def render(report: dict[str, Any], console) -> None:
                 _shorten(n["candidate_prompt"]),
             )
         console.print(near)
+
+    if report.get("what_if"):
+        render_what_if(report["what_if"], console)
+
+
+def render_what_if(scenario: dict[str, Any], console) -> None:
+    """The what-if of another threshold (from :func:`pgcache.report.what_if`) as Rich tables."""
+    from rich.table import Table
+
+    at = f"{scenario['threshold']:.3f}"
+    summary = Table(title=f"what if the semantic threshold were {at} (replayed from the ledger)", show_header=False)
+    summary.add_column("figure")
+    summary.add_column("value", justify="right")
+    for name, value in _what_if_rows(scenario, at):
+        summary.add_row(name, value)
+    console.print(summary)
+    if len(scenario["namespaces"]) > 1:
+        per_namespace = Table(title=f"what if, per namespace, at {at}")
+        per_namespace.add_column("namespace", overflow="fold")
+        for column in ("replayed", "hits", "lost", "served", "refused", "net", "share"):
+            per_namespace.add_column(column, justify="right")
+        for n in scenario["namespaces"]:
+            per_namespace.add_row(
+                n["namespace"],
+                str(n["considered"]),
+                str(n["semantic_hits"]),
+                str(n["hits_lost"]),
+                str(n["new_hits"]),
+                str(n["still_refused"]),
+                f"{n['net_change']:+d}",
+                "-" if n["net_change_share"] is None else f"{n['net_change_share']:+.1%}",
+            )
+        console.print(per_namespace)
+
+
+def _what_if_rows(scenario: dict[str, Any], at: str) -> list[tuple[str, str]]:
+    excluded = scenario["excluded"]
+    bounds = scenario["thresholds_in_force"]
+    refusals = ", ".join(f"{check} {n}" for check, n in scenario["refused_by"].items() if n)
+    rows = [
+        ("lookups replayed", f"{scenario['considered']} of {scenario['lookups']}"),
+        (
+            "  left out",
+            f"exact {excluded['exact_hits']}, no candidate {excluded['no_candidate']}, "
+            f"bypass {excluded['bypasses']}, error {excluded['errors']}",
+        ),
+        ("thresholds in force", "-" if bounds is None else _span(bounds["min"], bounds["max"])),
+        ("semantic hits served", str(scenario["semantic_hits"])),
+        (f"  kept at {at}", str(scenario["hits_kept"])),
+        (f"  lost at {at}", f"{scenario['hits_lost']} ({scenario['lost_hit_tokens']} tokens paid again)"),
+        (f"misses reaching {at}", str(scenario["new_hits"] + scenario["still_refused"])),
+        ("  would be served (unverified)", str(scenario["new_hits"])),
+        ("  would still be refused", f"{scenario['still_refused']}" + (f" ({refusals})" if refusals else "")),
+        (f"semantic hits at {at}", str(scenario["hits_at_threshold"])),
+        ("net change", _change(scenario["net_change"], scenario["net_change_share"])),
+        (
+            "tokens the new hits would save",
+            f"{scenario['new_hit_tokens']} (recorded for {scenario['new_hits_with_tokens']} of {scenario['new_hits']})",
+        ),
+    ]
+    if scenario["verifier_scored"]:
+        rows.append(("scored by a learned verifier", f"{scenario['verifier_scored']} (its floor was the threshold)"))
+    return rows
+
+
+def _change(net: int, share: float | None) -> str:
+    return f"{net:+d}" + ("" if share is None else f" ({share:+.1%} of replayed lookups)")
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:.3f}" if low == high else f"{low:.3f}–{high:.3f}"
 
 
 def _percent(rate: float | None) -> str:

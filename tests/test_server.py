@@ -297,6 +297,20 @@ def test_feedback_needs_the_admin_token(client, proxy):
     assert status == 400 and "lookup id must be a UUID" in json.loads(content)["error"]["message"]
 
 
+def test_a_webhook_invalidates_by_tag_with_the_admin_token(client, proxy, database_url):
+    proxy.cache.store("What is a buffer overflow?", "answer from doc 42", tags=["doc:42"])
+    proxy.cache.store("What is SQL injection?", "answer from doc 7", tags=["doc:7"])
+    body = {"tags": ["doc:42"]}
+    assert proxy.request("POST", "/pgcache/invalidate", body)[0] == 401
+    status, _, content = proxy.request("POST", "/pgcache/invalidate", body, {"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert (status, json.loads(content)) == (200, {"invalidated": 1})
+    assert query(database_url, "SELECT prompt FROM pgcache_entries") == [("What is SQL injection?",)]
+    status, _, content = proxy.request(
+        "POST", "/pgcache/invalidate", {"tags": "doc:7"}, {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert status == 400 and "tags must be a list of strings" in json.loads(content)["error"]["message"]
+
+
 def test_feedback_is_disabled_without_an_admin_token(database_url, llm, fake):
     with serving(database_url, llm, fake) as proxy:
         status, _, content = proxy.request("POST", "/pgcache/feedback", {}, {"Authorization": "Bearer anything-at-all"})

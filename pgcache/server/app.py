@@ -21,6 +21,7 @@ and ``X-Pgcache-Entry-Id``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -100,6 +101,7 @@ def create_app(
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/{path:path}", passthrough, methods=["GET", "POST", "PUT", "PATCH", "DELETE"]),
             Route("/pgcache/feedback", feedback, methods=["POST"]),
+            Route("/pgcache/invalidate", invalidate, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_page, methods=["GET"]),
             Route("/", dashboard_page, methods=["GET"]),
@@ -353,6 +355,31 @@ async def feedback(request: Request) -> Response:
     except PgcacheError as exc:
         raise BadRequest(str(exc)) from None
     return JSONResponse({"lookup_id": str(body["lookup_id"]), "verdict": body["verdict"], "entry_threshold": threshold})
+
+
+async def invalidate(request: Request) -> Response:
+    """``{"tags": [...], "namespace": null, "mode": "delete" | "expire"}``, with the admin token: retire tagged entries.
+
+    For changes outside the database (a CMS's webhook); changes to tables in it are better served by hooks.
+    """
+    server: Server = request.app.state.server
+    refused = _admin_refusal(request, server, required=True)
+    if refused is not None:
+        return refused
+    body = parse_body(await read_body(request, 65536))
+    try:
+        count = await bridge.offload(
+            server.cache,
+            functools.partial(
+                server.cache.invalidate_tags,
+                body.get("tags") or [],
+                namespace=body.get("namespace"),
+                mode=body.get("mode", "delete"),
+            ),
+        )
+    except PgcacheError as exc:
+        raise BadRequest(str(exc)) from None
+    return JSONResponse({"invalidated": count})
 
 
 def _admin_refusal(request: Request, server: Server, *, required: bool) -> Response | None:
