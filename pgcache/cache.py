@@ -24,7 +24,7 @@ from .durations import parse_ttl
 from .entries import Entries
 from .errors import InvalidRequestError
 from .flight import SingleFlight
-from .keys import RequestKeys
+from .keys import RequestKey, RequestKeys
 from .ledger import LedgerWriter, LookupRecord
 from .lookup import Finder, Thresholds
 from .options import CallOptions
@@ -196,13 +196,22 @@ class Cache:
         """
         key = self.keys.key(prompt_or_messages, model, namespace, params)
         threshold = None if threshold is None else check_threshold(threshold)
+        return self.lookup_key(key, threshold)[0]
+
+    def lookup_key(self, key: RequestKey, threshold: float | None = None) -> tuple[CacheResult | None, Any]:
+        """:meth:`lookup` of a key already built (front ends with their own requests, such as LangChain's).
+
+        Returns the hit (or None) and the request's vector (None if it was not
+        embedded), which :meth:`Entries.keep_answer` takes so that storing the
+        answer to a miss does not embed the prompt again. The lookup is logged.
+        """
         record = LookupRecord.start(key.model, key.namespace)
         try:
-            hit, _ = self.backend.attempt(self.finder.find, key, record, threshold)
+            hit, vector = self.backend.attempt(self.finder.find, key, record, threshold)
         except Unavailable as exc:
-            hit, record.outcome, record.error = None, "error", exc.reason
+            hit, vector, record.outcome, record.error = None, None, "error", exc.reason
         self.ledger.record(record)
-        return hit
+        return hit, vector
 
     def chat(
         self,

@@ -130,6 +130,7 @@ class OpenAIEmbedder:
         elif dimensions is not None:
             self._requested = self._width = dimensions  # checked against the first response
         self._settled = known is not None
+        self._name: str | None = None
         """True once the width is known and the endpoint's vectors have been seen to have it."""
         self._refusal: ConfigurationError | None = None
         """Why this model cannot be used, once learned: raised again without asking the endpoint."""
@@ -159,10 +160,11 @@ class OpenAIEmbedder:
     @property
     def name(self) -> str:
         """``openai/<model>``, with ``@<width>`` when the vectors are not the model's full 1536."""
-        width = self.dimensions
-        if self._requested is not None:
-            return f"openai/{self.model}@{self._requested}"
-        return f"openai/{self.model}" if width == EMBEDDING_DIMENSIONS else f"openai/{self.model}@{width}"
+        if self._name is None:  # read on every lookup: worked out once, when the width is settled
+            width = self.dimensions
+            suffix = "" if width == EMBEDDING_DIMENSIONS and self._requested is None else f"@{width}"
+            self._name = f"openai/{self.model}{suffix}"
+        return self._name
 
     def embed(self, texts: list[str]) -> list[Any]:
         vectors: list[Any] = []

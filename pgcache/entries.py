@@ -9,6 +9,7 @@ replaces it (the newer answer wins).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,12 +18,14 @@ import numpy as np
 import psycopg
 
 from . import queries
-from .backend import Backend
+from .backend import Backend, Unavailable
 from .embedders import embed_texts
 from .errors import InvalidRequestError
 from .keys import RequestKey, RequestKeys
 from .privacy import redact_request
 from .responses import check_text, completion_dict, storable_json, usage_of
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -141,6 +144,28 @@ class Entries:
         if vector is not None:
             entry.embedder, entry.embedding = self.embedder.name, vector
         return self.backend.write(insert_entries, [entry])[0]
+
+    def keep_answer(
+        self,
+        key: RequestKey,
+        response: Mapping[str, Any],
+        tags: Sequence[str],
+        ttl: float | None,
+        vector: np.ndarray | None,
+    ) -> int | None:
+        """:meth:`store_answer` for an answer the caller already has: its entry id, or None if not stored.
+
+        With fail-open an unavailable database skips it (the breaker logs the
+        outage once); an answer PostgreSQL cannot store is logged, not raised.
+        """
+        try:
+            return self.backend.attempt(self.store_answer, key, response, tags, ttl, vector)
+        except Unavailable:
+            return None
+        except InvalidRequestError as exc:
+            # The answer is paid for and correct; failing to cache it must not lose it.
+            _log.warning("pgcache: answer not stored: %s", exc)
+            return None
 
     def store_many(
         self,

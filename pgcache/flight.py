@@ -203,14 +203,7 @@ class SingleFlight:
             if flight.storing:
                 options = flight.options
                 ttl = self.ttl if options.ttl is UNSET else parse_ttl(options.ttl)
-                record.entry_id = self.backend.attempt(
-                    self.entries.store_answer, flight.key, response, list(options.tags), ttl, flight.vector
-                )
-        except Unavailable:
-            pass
-        except InvalidRequestError as exc:
-            # The answer is paid for and correct; failing to cache it must not lose it.
-            _log.warning("pgcache: answer not stored: %s", exc)
+                record.entry_id = self.entries.keep_answer(flight.key, response, list(options.tags), ttl, flight.vector)
         finally:
             self._release(flight)
         self.ledger.record(record)

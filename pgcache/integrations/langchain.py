@@ -67,7 +67,6 @@ try:
 except ImportError as exc:
     raise ImportError("pgcache.integrations.langchain needs langchain-core: pip install 'pgcache[langchain]'") from exc
 
-from ..backend import Unavailable
 from ..cache import Cache
 from ..config import UNSET
 from ..durations import parse_ttl
@@ -173,17 +172,12 @@ class PgcacheLangChainCache(BaseCache):
         With ``fail_open`` a failing database counts as a miss.
         """
         key = self.request_key(prompt, llm_string)
-        cache = self.cache
-        record = LookupRecord.start(key.model, key.namespace)
         if self.bypassed(llm_string):
+            record = LookupRecord.start(key.model, key.namespace)
             record.outcome = "bypass"
-            cache.ledger.record(record)
+            self.cache.ledger.record(record)
             return None
-        try:
-            hit, vector = cache.backend.attempt(cache.finder.find, key, record, None)
-        except Unavailable as exc:
-            hit, vector, record.outcome, record.error = None, None, "error", exc.reason
-        cache.ledger.record(record)
+        hit, vector = self.cache.lookup_key(key)
         if hit is not None:
             return generations_from(hit.response)
         if vector is not None:
@@ -202,14 +196,7 @@ class PgcacheLangChainCache(BaseCache):
         response = completion_from(return_val, key.model)
         # Not popped: a concurrent miss on the same key stores too, and must not replace the vector with none.
         vector = self._vectors.get(key.exact_key)
-        cache = self.cache
-        try:
-            cache.backend.attempt(cache.entries.store_answer, key, response, self.tags, self.ttl, vector)
-        except Unavailable:
-            pass  # the breaker logs the outage once
-        except InvalidRequestError as exc:
-            # The answer is paid for and correct; failing to cache it must not lose it.
-            _log.warning("pgcache: answer not stored: %s", exc)
+        self.cache.entries.keep_answer(key, response, self.tags, self.ttl, vector)
 
     def clear(self, **kwargs: Any) -> None:
         """Delete the LangChain entries of this cache's namespace; other entries and namespaces stay."""

@@ -21,13 +21,12 @@ and ``X-Pgcache-Entry-Id``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hmac
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,18 +342,13 @@ async def passthrough(request: Request) -> Response:
 
 async def feedback(request: Request) -> Response:
     """``{"lookup_id": "...", "verdict": "wrong" | "right"}``, with ``Authorization: Bearer <admin token>``."""
-    server: Server = request.app.state.server
-    refused = _admin_refusal(request, server, required=True)
-    if refused is not None:
-        return refused
-    body = parse_body(await read_body(request, 65536))
-    try:
-        threshold = await bridge.offload(
-            server.cache, server.cache.feedback, body.get("verdict"), body.get("lookup_id")
-        )
-    except PgcacheError as exc:
-        raise BadRequest(str(exc)) from None
-    return JSONResponse({"lookup_id": str(body["lookup_id"]), "verdict": body["verdict"], "entry_threshold": threshold})
+    return await _admin_action(request, _feedback)
+
+
+def _feedback(cache: Cache, body: dict[str, Any]) -> dict[str, Any]:
+    verdict: Any = body.get("verdict")  # checked by feedback(), which names what is wrong
+    threshold = cache.feedback(verdict, body.get("lookup_id"))
+    return {"lookup_id": str(body["lookup_id"]), "verdict": body["verdict"], "entry_threshold": threshold}
 
 
 async def invalidate(request: Request) -> Response:
@@ -362,24 +356,27 @@ async def invalidate(request: Request) -> Response:
 
     For changes outside the database (a CMS's webhook); changes to tables in it are better served by hooks.
     """
+    return await _admin_action(request, _invalidate)
+
+
+def _invalidate(cache: Cache, body: dict[str, Any]) -> dict[str, Any]:
+    mode = body.get("mode", "delete")
+    return {"invalidated": cache.invalidate_tags(body.get("tags") or [], namespace=body.get("namespace"), mode=mode)}
+
+
+async def _admin_action(request: Request, action: Callable[[Cache, dict[str, Any]], dict[str, Any]]) -> Response:
+    """An endpoint that changes the cache: the admin token checked, ``action(cache, body)`` run on the
+    cache's threads with the request's JSON body; a :class:`PgcacheError` it raises is a 400."""
     server: Server = request.app.state.server
     refused = _admin_refusal(request, server, required=True)
     if refused is not None:
         return refused
     body = parse_body(await read_body(request, 65536))
     try:
-        count = await bridge.offload(
-            server.cache,
-            functools.partial(
-                server.cache.invalidate_tags,
-                body.get("tags") or [],
-                namespace=body.get("namespace"),
-                mode=body.get("mode", "delete"),
-            ),
-        )
+        answer = await bridge.offload(server.cache, action, server.cache, body)
     except PgcacheError as exc:
         raise BadRequest(str(exc)) from None
-    return JSONResponse({"invalidated": count})
+    return JSONResponse(answer)
 
 
 def _admin_refusal(request: Request, server: Server, *, required: bool) -> Response | None:
