@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from . import concurrency, exact, lifecycle, peers, proxy, semantic, writes
+from . import concurrency, exact, invalidation, lifecycle, peers, proxy, semantic, writes
 from .context import Context
 from .harness import Server, machine
 from .report import render
@@ -31,6 +31,7 @@ SCENARIOS = {
     "concurrency": concurrency.run,
     "lifecycle": lifecycle.run,
     "proxy": proxy.run,
+    "invalidation": invalidation.run,
 }
 REPO = Path(__file__).resolve().parents[1]
 

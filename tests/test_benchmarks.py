@@ -15,7 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = ("exact", "semantic", "peers", "warm", "sweep", "concurrency", "lifecycle", "proxy")
+SCENARIOS = ("exact", "semantic", "peers", "warm", "sweep", "concurrency", "lifecycle", "proxy", "invalidation")
 
 
 @pytest.fixture(scope="module")
