@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[local,server,dev,bench,langchain]"
+	$(BIN)/python -m pip install --quiet -e ".[local,server,dev,bench,langchain,tokens]"
 	touch $@
 
 test: install
