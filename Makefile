@@ -66,6 +66,7 @@ chromium:
 demo: install
 	PGCACHE_EMBEDDER=local $(BIN)/pgcache warm examples/faqs.tsv --namespace demo --tag demo
 	$(BIN)/python examples/demo.py
+	PGCACHE_EMBEDDER=local $(BIN)/pgcache report --namespace demo
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache

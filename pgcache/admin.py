@@ -122,6 +122,7 @@ class Admin:
         """
         if what_if_threshold is not None:
             what_if_threshold = check_threshold(what_if_threshold, "what_if_threshold")
+        self.ledger.flush()  # this process's latest lookups count too
         window = None
         if since is not None:
             seconds = parse_ttl(since, name="since")

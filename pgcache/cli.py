@@ -330,7 +330,7 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Hit rates, tokens, money and LLM time saved, top entries, near misses and a per-day chart.
+    """Hit rates, tokens and LLM time saved, savings net of the cache's costs, top entries, near misses, a chart.
 
     Example: pgcache report --since 7d --what-if-threshold 0.85 --format json
     """

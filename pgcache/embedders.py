@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -167,10 +169,15 @@ class OpenAIEmbedder:
         return self._name
 
     def embed(self, texts: list[str]) -> list[Any]:
+        return self.embed_counted(texts)[0]
+
+    def embed_counted(self, texts: list[str]) -> tuple[list[Any], int | None]:
+        """The vectors and the tokens the endpoint reported for them (None if it reported none)."""
         vectors: list[Any] = []
+        tokens: int | None = None
         for batch in _batches(texts, self.max_batch, self.max_batch_chars):
             try:
-                data = self._fetch(batch)
+                data, used = self._fetch(batch)
             except (EmbedderError, ConfigurationError):
                 raise
             except Exception as exc:
@@ -181,9 +188,11 @@ class OpenAIEmbedder:
                     f"embedder openai/{self.model} returned {len(data)} embeddings for {len(batch)} inputs"
                 )
             vectors.extend(_decode(item["embedding"]) for item in sorted(data, key=lambda item: item["index"]))
-        return vectors
+            if used is not None:
+                tokens = (tokens or 0) + used
+        return vectors, tokens
 
-    def _fetch(self, batch: list[str]) -> list[dict[str, Any]]:
+    def _fetch(self, batch: list[str]) -> tuple[list[dict[str, Any]], int | None]:
         """One request; the first one also settles the width of a model not known in advance."""
         if self._settled:
             return self._request(batch, self._requested)
@@ -192,7 +201,7 @@ class OpenAIEmbedder:
                 raise self._refusal
             if self._settled:
                 return self._request(batch, self._requested)
-            data = self._request(batch, self._requested)
+            data, tokens = self._request(batch, self._requested)
             width = _width_of(data)
             if self._requested is not None and width != self._requested:
                 self._refusal = ConfigurationError(
@@ -201,20 +210,22 @@ class OpenAIEmbedder:
                 )
                 raise self._refusal
             if width > EMBEDDING_DIMENSIONS:
-                data = self._shortened(batch, width)
+                data, again = self._shortened(batch, width)
+                tokens = _add(tokens, again)  # both requests are paid for
                 width = EMBEDDING_DIMENSIONS
             self._width, self._settled = width, True
-            return data
+            return data, tokens
 
-    def _shortened(self, batch: list[str], width: int) -> list[dict[str, Any]]:
+    def _shortened(self, batch: list[str], width: int) -> tuple[list[dict[str, Any]], int | None]:
         """The batch again, asking for the column's width; refused if the model cannot give it."""
         refusal = ConfigurationError(
             f"embedding model {self.model} returns {width}-dimensional vectors and cannot shorten them to the "
             f"{EMBEDDING_DIMENSIONS} the cache stores: choose a model of at most {EMBEDDING_DIMENSIONS} dimensions "
             "(PGCACHE_EMBEDDING_MODEL) or one that accepts a dimensions parameter"
         )
+        tokens: int | None = None
         try:
-            data = self._request(batch, EMBEDDING_DIMENSIONS)
+            data, tokens = self._request(batch, EMBEDDING_DIMENSIONS)
         except Exception as exc:
             if not 400 <= (getattr(exc, "status_code", None) or 0) < 500:
                 raise  # the endpoint failed, which says nothing about the model
@@ -223,19 +234,32 @@ class OpenAIEmbedder:
             self._refusal = refusal
             raise refusal
         self._requested = EMBEDDING_DIMENSIONS
-        return data
+        return data, tokens
 
-    def _request(self, batch: list[str], dimensions: int | None) -> list[dict[str, Any]]:
+    def _request(self, batch: list[str], dimensions: int | None) -> tuple[list[dict[str, Any]], int | None]:
         kwargs = {"dimensions": dimensions} if dimensions is not None else {}
         embeddings = self.client.embeddings
         raw = getattr(embeddings, "with_raw_response", None)
         if raw is None:  # an OpenAI-like client without the SDK's raw responses
             response = embeddings.create(model=self.model, input=batch, **kwargs)
-            return [{"index": item.index, "embedding": item.embedding} for item in response.data]
+            usage = getattr(response, "usage", None)
+            data = [{"index": item.index, "embedding": item.embedding} for item in response.data]
+            return data, _tokens(getattr(usage, "total_tokens", None))
         # Raw base64 straight into numpy: the SDK would turn every vector into a list of
         # Python floats and a pydantic model first, a third of a large warm's time.
         response = raw.create(model=self.model, input=batch, encoding_format="base64", **kwargs)
-        return response.http_response.json()["data"]
+        body = response.http_response.json()
+        usage = body.get("usage")
+        return body["data"], _tokens(usage.get("total_tokens") if isinstance(usage, dict) else None)
+
+
+def _tokens(value: Any) -> int | None:
+    """A token count an endpoint reported, if it is one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31 else None
+
+
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 def _width_of(data: list[dict[str, Any]]) -> int:
@@ -262,7 +286,8 @@ class LocalEmbedder:
         self._model: Any = None
         self._lock = threading.Lock()
 
-    def _load(self):
+    def load(self) -> Any:
+        """The model, loaded on first use (a few seconds); lookups time their embeddings without it."""
         with self._lock:
             if self._model is None:
                 try:
@@ -284,7 +309,7 @@ class LocalEmbedder:
             return self._model
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        model = self._load()
+        model = self.load()
         return model.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -334,21 +359,42 @@ def threshold_for(embedder: Any) -> float:
     return float(value) if value is not None else DEFAULT_THRESHOLD
 
 
-def embed_texts(embedder: Any, texts: list[str]) -> np.ndarray:
+@dataclass(slots=True)
+class EmbeddingCost:
+    """What one :func:`embed_texts` call cost: the tokens the endpoint reported, and its time."""
+
+    tokens: int | None = None
+    ms: float = 0.0
+
+
+def embed_texts(embedder: Any, texts: list[str], cost: EmbeddingCost | None = None) -> np.ndarray:
     """Embed ``texts`` and return unit vectors padded to the column width, shape ``(n, 1536)``.
+
+    ``cost``, if given, receives the tokens the embedder reported (embedders with
+    ``embed_counted``, such as :class:`OpenAIEmbedder`) and the time it took.
 
     Raises :class:`EmbedderError` when the embedder fails or returns a wrong
     count, a wrong width, a zero vector, NaN or infinity, and
     :class:`ConfigurationError` when it cannot be used as configured (a model
     wider than the column that cannot shorten its vectors).
     """
+    load = getattr(embedder, "load", None)
+    if load is not None and cost is not None:
+        load()  # loading a local model once is not what this embedding costs
+    started = time.perf_counter()
     try:
-        raw = embedder.embed(list(texts))
+        counted = getattr(embedder, "embed_counted", None)
+        if counted is not None:
+            raw, tokens = counted(list(texts))
+        else:
+            raw, tokens = embedder.embed(list(texts)), None
     except (EmbedderError, ConfigurationError):
         raise
     except Exception as exc:
         name = getattr(embedder, "name", type(embedder).__name__)
         raise EmbedderError(f"embedder {name} failed: {type(exc).__name__}: {exc}") from exc
+    if cost is not None:
+        cost.tokens, cost.ms = tokens, (time.perf_counter() - started) * 1000
     # Read after embedding: an embedder may learn its width (and so its name) from its first answer.
     name, expected = embedder.name, int(embedder.dimensions)
     try:

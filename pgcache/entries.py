@@ -23,7 +23,8 @@ from .embedders import embed_texts
 from .errors import InvalidRequestError
 from .keys import RequestKey, RequestKeys
 from .privacy import redact_request
-from .responses import check_text, completion_dict, storable_json, usage_of
+from .responses import answer_text, check_text, completion_dict, lacks_usage, storable_json, usage_of
+from .tokens import estimate_usage
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class NewEntry:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    token_estimator: str | None = None
+    """Which estimator counted the tokens of an answer that came without usage (None: the API's counts)."""
 
     def params(self) -> dict[str, Any]:
         """The SQL parameters, by name."""
@@ -114,6 +117,12 @@ class Entries:
         if key.prompt is not None:
             check_text(key.prompt, "prompt")
         prompt_tokens, completion_tokens, total_tokens = usage_of(response)
+        estimator = None
+        if lacks_usage(response):
+            # A warmed or hand-stored answer: estimate what asking the LLM would have cost, so hits on it count.
+            estimate = estimate_usage(key.model, key.request.get("messages") or [], answer_text(response))
+            prompt_tokens, completion_tokens = estimate.prompt_tokens, estimate.completion_tokens
+            total_tokens, estimator = estimate.total_tokens, estimate.estimator
         request = key.request if self.store_prompts else redact_request(key.request)
         return NewEntry(
             namespace=key.namespace,
@@ -129,6 +138,7 @@ class Entries:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=total_tokens,
+            token_estimator=estimator,
         )
 
     def store_answer(

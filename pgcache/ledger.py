@@ -51,12 +51,22 @@ class LookupRecord:
     llm_ms: float | None = None
     rejected_by: str | None = None
     prompt: str | None = None
-    """The request's text, kept for semantic hits only (feedback turns it into a labelled pair)."""
+    """The request's text, kept for semantic hits (feedback turns it into a labelled pair) and misses."""
     judge_tokens: int | None = None
     verifier_probability: float | None = None
     """The learned verifier's probability for the nearest candidate, when it scored one."""
     verifier_scores: list[dict[str, Any]] | None = None
     """Every candidate the verifier scored: entry id, similarity, probability."""
+    tokens_estimated: bool | None = None
+    """A hit whose saved token counts were estimated when the entry was stored (it came without usage)."""
+    embedding_tokens: int | None = None
+    """Tokens the embeddings API reported for embedding the request (None for a local model)."""
+    embedding_ms: float | None = None
+    judge_model: str | None = None
+    judge_completion_tokens: int | None = None
+    """Of ``judge_tokens``, those the judge answered with (priced at the output rate)."""
+    verifier_ms: float | None = None
+    """CPU time the learned verifier spent scoring this lookup's candidates."""
 
     @classmethod
     def start(cls, model: str, namespace: str) -> LookupRecord:

@@ -24,11 +24,11 @@ import psycopg
 from . import queries
 from .backend import Backend, Unavailable
 from .breaker import CircuitBreaker
-from .embedders import embed_texts, threshold_for
+from .embedders import EmbeddingCost, embed_texts, threshold_for
 from .errors import EmbedderError
 from .keys import RequestKey
 from .ledger import LookupRecord
-from .responses import content_of
+from .responses import content_of, lacks_usage
 from .result import CacheResult
 from .verifiers import Verifiers
 from .verify import Candidate, Verifier
@@ -91,6 +91,8 @@ def hit_result(row: Row, status: str, record: LookupRecord) -> CacheResult:
     """The caller's answer from a found entry; the record notes the hit."""
     record.outcome, record.entry_id = status, row.id
     record.prompt_tokens, record.completion_tokens = row.prompt_tokens, row.completion_tokens
+    # Counts stored beside an answer without the API's usage were estimated (pgcache.tokens).
+    record.tokens_estimated = row.prompt_tokens is not None and lacks_usage(row.response)
     return CacheResult(
         content=content_of(row.response),
         status=status,  # type: ignore[arg-type]
@@ -190,10 +192,11 @@ class Finder:
             status = "semantic"
             row = self._nearest(key, vector, record, threshold)
         record.latency_ms = (time.perf_counter() - started) * 1000
+        if self.store_prompts and (row is None or status == "semantic"):
+            # A miss's text makes near misses actionable; a semantic hit's lets feedback keep the pair.
+            record.prompt = key.prompt
         if row is None:
             return None, vector
-        if status == "semantic" and self.store_prompts:
-            record.prompt = key.prompt  # so that feedback on this hit can keep the pair
         return hit_result(row, status, record), vector
 
     def _nearest(
@@ -231,15 +234,18 @@ class Finder:
 
     def embed_query(self, prompt: str, record: LookupRecord) -> np.ndarray | None:
         """The prompt's vector; with fail-open, None while the embedder fails (the exact tier still serves)."""
+        cost = EmbeddingCost()
         if not self.backend.fail_open:
-            return embed_texts(self.embedder, [prompt])[0]
-        if not self.embedder_breaker.allow():
+            vector = embed_texts(self.embedder, [prompt], cost)[0]
+        elif not self.embedder_breaker.allow():
             return None
-        try:
-            vector = embed_texts(self.embedder, [prompt])[0]
-        except EmbedderError as exc:
-            self.embedder_breaker.failure(exc)
-            record.error = "embedder: unavailable"
-            return None
-        self.embedder_breaker.success()
+        else:
+            try:
+                vector = embed_texts(self.embedder, [prompt], cost)[0]
+            except EmbedderError as exc:
+                self.embedder_breaker.failure(exc)
+                record.error = "embedder: unavailable"
+                return None
+            self.embedder_breaker.success()
+        record.embedding_tokens, record.embedding_ms = cost.tokens, cost.ms
         return vector

@@ -72,6 +72,7 @@ class Entry(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     total_tokens: Mapped[int | None] = mapped_column(Integer)
     min_similarity: Mapped[float | None] = mapped_column(Double)
+    token_estimator: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint("source IN ('llm', 'warm', 'manual')", name="source"),
@@ -115,6 +116,12 @@ class Lookup(Base):
     judge_tokens: Mapped[int | None] = mapped_column(Integer)
     verifier_probability: Mapped[float | None] = mapped_column(Double)
     verifier_scores: Mapped[list | None] = mapped_column(JSONB)
+    tokens_estimated: Mapped[bool | None] = mapped_column(Boolean)
+    embedding_tokens: Mapped[int | None] = mapped_column(Integer)
+    embedding_ms: Mapped[float | None] = mapped_column(Double)
+    judge_model: Mapped[str | None] = mapped_column(Text)
+    judge_completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    verifier_ms: Mapped[float | None] = mapped_column(Double)
 
     __table_args__ = (
         CheckConstraint("outcome IN ('exact', 'semantic', 'miss', 'bypass', 'error')", name="outcome"),
@@ -228,3 +235,20 @@ class Hook(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
     __table_args__ = (CheckConstraint("mode IN ('delete', 'expire')", name="mode"),)
+
+
+class Price(Base):
+    """A price the savings reports use: a model's per million tokens, or the CPU's per hour (item ``cpu``)."""
+
+    __tablename__ = "pgcache_prices"
+
+    item: Mapped[str] = mapped_column(Text, primary_key=True)
+    unit: Mapped[str] = mapped_column(Text, nullable=False)
+    input: Mapped[float] = mapped_column(Double, nullable=False)
+    output: Mapped[float] = mapped_column(Double, nullable=False, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("unit IN ('1M tokens', 'CPU hour')", name="unit"),
+        CheckConstraint("input >= 0 AND output >= 0", name="price"),
+    )

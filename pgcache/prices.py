@@ -1,10 +1,13 @@
-"""Per-model token prices, for reporting the money the cache saved.
+"""Per-model token prices, for reporting the money the cache saved and what it cost.
 
 Prices are US dollars per million tokens, ``(input, output)``: OpenAI's list
-prices when this table was written. Override or extend them with
-``PGCACHE_PRICES`` (inline JSON or the path of a JSON file), e.g.
-``{"my-model": [0.5, 1.5]}``. A model missing from the table is reported
-with tokens but no money.
+prices when this table was written. The database keeps its own table,
+``pgcache_prices`` (seeded with the same, plus embedding models and the CPU
+hour that prices local embeddings and the learned verifier), which the
+``pgcache_savings`` view and the reports read. Override or extend them for one
+process with ``PGCACHE_PRICES`` (inline JSON or the path of a JSON file), e.g.
+``{"my-model": [0.5, 1.5]}``; ``{"cpu": [0.04, 0]}`` sets the CPU hour. A model
+missing from the table is reported with tokens but no money.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "o3-mini": (1.10, 4.40),
     "gpt-3.5-turbo": (0.50, 1.50),
 }
+
+CPU = "cpu"
+"""The price item of one CPU hour (its input price; the output price is unused)."""
 
 
 def parse_prices(value: str | None, *, name: str = "PGCACHE_PRICES") -> dict[str, tuple[float, float]]:
@@ -71,3 +77,24 @@ def cost(
     if price is None:
         return None
     return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1_000_000
+
+
+def merged(
+    stored: Mapping[str, tuple[float, float]], configured: Mapping[str, tuple[float, float]] | None
+) -> dict[str, tuple[float, float]]:
+    """The database's prices, with the configured ones that differ from the built-in table on top.
+
+    A configured table holds the built-in prices too (``PGCACHE_PRICES`` extends
+    them); only the prices someone set override what is stored.
+    """
+    table = {**DEFAULT_PRICES, **stored}
+    for item, price in (configured or {}).items():
+        if DEFAULT_PRICES.get(item) != tuple(price):
+            table[item] = (float(price[0]), float(price[1]))
+    return table
+
+
+def cpu_cost(prices: Mapping[str, tuple[float, float]], milliseconds: float) -> float | None:
+    """Dollars for ``milliseconds`` of CPU time, or ``None`` when the CPU hour has no price."""
+    price = prices.get(CPU)
+    return None if price is None else milliseconds / 3_600_000 * price[0]

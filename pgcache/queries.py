@@ -120,6 +120,7 @@ ENTRY_COLUMNS = (
     Column("prompt_tokens", "int4"),
     Column("completion_tokens", "int4"),
     Column("total_tokens", "int4"),
+    Column("token_estimator", "text"),
 )
 """The columns a new entry sets, in one order for the single-row insert, the staging table and COPY."""
 
@@ -288,6 +289,7 @@ SELECT day, model, sum(lookups) AS lookups, sum(exact_hits) AS exact_hits,
        sum(semantic_hits) AS semantic_hits, sum(misses) AS misses, sum(bypasses) AS bypasses,
        sum(errors) AS errors, sum(prompt_tokens_saved) AS prompt_tokens_saved,
        sum(completion_tokens_saved) AS completion_tokens_saved,
+       sum(tokens_saved_estimated) AS tokens_saved_estimated,
        sum(avg_llm_ms * misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS llm_ms_total,
        sum(misses) FILTER (WHERE avg_llm_ms IS NOT NULL) AS timed_misses
 FROM pgcache_daily_stats
@@ -296,8 +298,42 @@ GROUP BY day, model
 ORDER BY day, model
 """
 
+# The report's savings section: the quantities pgcache_savings prices, grouped by what prices them, so that
+# prices configured in the process (PGCACHE_PRICES) apply. Embedders are priced by model: "openai/m@256" -> "m".
+REPORT_COSTS = """
+SELECT day, namespace, model, embedding_item, judge_model,
+       count(*) AS lookups,
+       count(*) FILTER (WHERE hit) AS hits,
+       count(*) FILTER (WHERE outcome = 'semantic') AS semantic_hits,
+       count(*) FILTER (WHERE embedding_tokens IS NOT NULL OR embedding_ms IS NOT NULL) AS embedded_lookups,
+       coalesce(sum(prompt_tokens) FILTER (WHERE hit), 0) AS prompt_saved,
+       coalesce(sum(completion_tokens) FILTER (WHERE hit), 0) AS completion_saved,
+       coalesce(sum(prompt_tokens) FILTER (WHERE hit AND tokens_estimated), 0) AS prompt_saved_estimated,
+       coalesce(sum(completion_tokens) FILTER (WHERE hit AND tokens_estimated), 0) AS completion_saved_estimated,
+       coalesce(sum(prompt_tokens) FILTER (WHERE outcome = 'semantic'), 0) AS prompt_saved_semantic,
+       coalesce(sum(completion_tokens) FILTER (WHERE outcome = 'semantic'), 0) AS completion_saved_semantic,
+       coalesce(sum(embedding_tokens), 0) AS embedding_tokens,
+       count(*) FILTER (WHERE embedding_tokens IS NOT NULL) AS embeddings_with_tokens,
+       coalesce(sum(embedding_ms), 0) AS embedding_ms,
+       coalesce(sum(embedding_ms) FILTER (WHERE embedding_tokens IS NULL), 0) AS embedding_cpu_ms,
+       coalesce(sum(greatest(judge_tokens - coalesce(judge_completion_tokens, 0), 0)), 0) AS judge_prompt_tokens,
+       coalesce(sum(judge_completion_tokens), 0) AS judge_completion_tokens,
+       count(*) FILTER (WHERE judge_tokens IS NOT NULL) AS judged,
+       coalesce(sum(verifier_ms), 0) AS verifier_ms
+FROM (
+    SELECT *, (at AT TIME ZONE 'UTC')::date AS day, outcome IN ('exact', 'semantic') AS hit,
+           regexp_replace(embedder, '^openai/|@[0-9]+$', '', 'g') AS embedding_item
+    FROM pgcache_lookups
+) AS l
+WHERE {where}
+GROUP BY day, namespace, model, embedding_item, judge_model
+ORDER BY day, namespace
+"""
+
+STORED_PRICES = "SELECT item, unit, input, output FROM pgcache_prices"
+
 REPORT_TOP = """
-SELECT entry_id, namespace, model, prompt, source, hit_count, last_hit_at, tokens_saved
+SELECT entry_id, namespace, model, prompt, source, hit_count, last_hit_at, tokens_saved, tokens_estimated
 FROM pgcache_top_entries WHERE {where} LIMIT %(limit)s
 """
 

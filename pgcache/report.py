@@ -13,7 +13,7 @@ from psycopg.rows import dict_row
 
 from . import queries
 from .connections import Database
-from .prices import cost
+from .prices import cost, cpu_cost, merged
 
 REFUSALS = ("feedback", "guard", "verifier", "judge", "unverifiable")
 """The checks named by ``rejected_by`` (its part before the colon), none of which depends on the threshold."""
@@ -26,6 +26,7 @@ COUNTS = (
     "errors",
     "prompt_tokens_saved",
     "completion_tokens_saved",
+    "tokens_saved_estimated",
 )
 
 
@@ -39,10 +40,12 @@ def build_report(
     limit: int = 10,
     what_if_threshold: float | None = None,
 ) -> dict[str, Any]:
-    """Totals, per-model and per-day figures, top entries and near misses, as plain JSON-ready data.
+    """Totals, per-model and per-day figures, savings net of the cache's costs, top entries and near misses.
 
-    ``since`` counts whole UTC days for the per-day figures (the views are daily).
-    With ``what_if_threshold``, a ``what_if`` section too (see :func:`what_if`).
+    Plain JSON-ready data. ``since`` counts whole UTC days for the per-day
+    figures (the views are daily). ``prices`` are the configured ones: those
+    that differ from the built-in table override ``pgcache_prices``. With
+    ``what_if_threshold``, a ``what_if`` section too (see :func:`what_if`).
     """
     start = datetime.now(UTC) - since if since is not None else None
     params: dict[str, Any] = {
@@ -53,6 +56,9 @@ def build_report(
         "at": start,
     }
     with database.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+        stored = {row["item"]: (row["input"], row["output"]) for row in cur.execute(queries.STORED_PRICES)}
+        prices = merged(stored, prices)
+        net = savings(cur, prices, params)
         daily = cur.execute(_query(queries.REPORT_DAILY, "namespace", "model", "day"), params).fetchall()
         top = cur.execute(_query(queries.REPORT_TOP, "namespace", "model"), params).fetchall()
         near = cur.execute(_query(queries.REPORT_NEAR, "namespace", "model", "at"), params).fetchall()
@@ -90,12 +96,135 @@ def build_report(
         "totals": _finish(totals),
         "models": [_finish(m) for m in models.values()],
         "days": [_finish(d) for d in days.values()],
+        "savings": net,
         "top_entries": [_jsonable(row) for row in top],
         "near_misses": [_jsonable(row) for row in near],
     }
     if scenario is not None:
         report["what_if"] = scenario
     return report
+
+
+SAVINGS_SUMS = (
+    "lookups",
+    "hits",
+    "semantic_hits",
+    "embedded_lookups",
+    "tokens_saved",
+    "tokens_saved_estimated",
+    "gross_savings",
+    "gross_savings_estimated",
+    "semantic_savings",
+    "embedding_tokens",
+    "embedding_seconds",
+    "embedding_cost",
+    "judge_tokens",
+    "judge_cost",
+    "verifier_seconds",
+    "verifier_cost",
+)
+
+
+def savings(
+    cur: psycopg.Cursor[dict[str, Any]], prices: Mapping[str, tuple[float, float]], filters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Gross savings, the cache's own costs and net savings: overall, per namespace and per UTC day.
+
+    The figures of the ``pgcache_savings`` view, priced with ``prices`` (model
+    or embedding model: dollars per million tokens; ``cpu``: per CPU hour). A
+    hit saves what its answer cost (estimated for answers stored without
+    usage: ``*_estimated``); the cache pays for embedding every request that
+    reaches the semantic tier (tokens, or CPU time for a local model), the
+    judge's tokens and the learned verifier's CPU time. ``break_even_lookups``:
+    how many embedded lookups one semantic hit pays for (the semantic tier pays
+    its way while it serves at least one hit in that many). Items with costs or
+    savings but no price are listed under ``unpriced`` and counted as $0.
+    """
+    rows = cur.execute(_query(queries.REPORT_COSTS, "namespace", "model", "day"), filters).fetchall()
+    totals = dict.fromkeys(SAVINGS_SUMS, 0.0)
+    namespaces: dict[str, dict[str, Any]] = {}
+    days: dict[date, dict[str, Any]] = {}
+    unpriced: set[str] = set()
+    for row in rows:
+        figures = _priced(row, prices, unpriced)
+        for bucket in (
+            totals,
+            namespaces.setdefault(
+                row["namespace"], {"namespace": row["namespace"], **dict.fromkeys(SAVINGS_SUMS, 0.0)}
+            ),
+            days.setdefault(row["day"], {"day": row["day"].isoformat(), **dict.fromkeys(SAVINGS_SUMS, 0.0)}),
+        ):
+            for name in SAVINGS_SUMS:
+                bucket[name] += figures[name]
+    return {
+        **_net(totals),
+        "namespaces": [_net(n) for n in namespaces.values()],
+        "days": [_net(d) for d in days.values()],
+        "unpriced": sorted(unpriced),
+        "cpu_hour_price": prices["cpu"][0] if "cpu" in prices else None,
+    }
+
+
+def _priced(row: Mapping[str, Any], prices: Mapping[str, tuple[float, float]], unpriced: set[str]) -> dict[str, float]:
+    """One group of ledger rows in dollars; adds to ``unpriced`` what had no price."""
+
+    def dollars(item: str | None, prompt: int, completion: int = 0) -> float:
+        if not prompt and not completion:
+            return 0.0
+        value = cost(prices, item or "", prompt, completion)
+        if value is None:
+            unpriced.add(item or "?")
+            return 0.0
+        return value
+
+    def cpu(milliseconds: float) -> float:
+        value = cpu_cost(prices, milliseconds) if milliseconds else 0.0
+        if value is None:
+            unpriced.add("cpu")
+            return 0.0
+        return value
+
+    model = row["model"]
+    return {
+        **{name: float(row[name]) for name in ("lookups", "hits", "semantic_hits", "embedded_lookups")},
+        "tokens_saved": float(row["prompt_saved"] + row["completion_saved"]),
+        "tokens_saved_estimated": float(row["prompt_saved_estimated"] + row["completion_saved_estimated"]),
+        "gross_savings": dollars(model, row["prompt_saved"], row["completion_saved"]),
+        "gross_savings_estimated": dollars(model, row["prompt_saved_estimated"], row["completion_saved_estimated"]),
+        "semantic_savings": dollars(model, row["prompt_saved_semantic"], row["completion_saved_semantic"]),
+        "embedding_tokens": float(row["embedding_tokens"]),
+        "embedding_seconds": row["embedding_ms"] / 1000,
+        "embedding_cost": dollars(row["embedding_item"], row["embedding_tokens"]) + cpu(row["embedding_cpu_ms"]),
+        "judge_tokens": float(row["judge_prompt_tokens"] + row["judge_completion_tokens"]),
+        "judge_cost": dollars(row["judge_model"], row["judge_prompt_tokens"], row["judge_completion_tokens"]),
+        "verifier_seconds": row["verifier_ms"] / 1000,
+        "verifier_cost": cpu(row["verifier_ms"]),
+    }
+
+
+def _net(figures: dict[str, Any]) -> dict[str, Any]:
+    """Sums made presentable, with the cache's cost, the net savings and the semantic tier's break-even.
+
+    Dollars keep 12 decimals: one lookup's costs are millionths of a dollar.
+    """
+    out: dict[str, Any] = {}
+    for name, value in figures.items():
+        if name in SAVINGS_SUMS:
+            value = round(value, 12) if name.endswith(("savings", "_estimated", "_cost", "_seconds")) else int(value)
+        out[name] = value
+    out["tokens_saved_estimated"] = int(figures["tokens_saved_estimated"])
+    cache_cost = figures["embedding_cost"] + figures["judge_cost"] + figures["verifier_cost"]
+    out["cache_cost"] = round(cache_cost, 12)
+    out["net_savings"] = round(figures["gross_savings"] - cache_cost, 12)
+    per_embedding = figures["embedding_cost"] / figures["embedded_lookups"] if figures["embedded_lookups"] else 0.0
+    per_semantic_hit = figures["semantic_savings"] / figures["semantic_hits"] if figures["semantic_hits"] else 0.0
+    out["break_even_lookups"] = (
+        round(per_semantic_hit / per_embedding, 1) if per_embedding and per_semantic_hit else None
+    )
+    out["lookups_per_semantic_hit"] = (
+        round(figures["embedded_lookups"] / figures["semantic_hits"], 1) if figures["semantic_hits"] else None
+    )
+    return out
 
 
 def what_if(cur: psycopg.Cursor[dict[str, Any]], threshold: float, filters: Mapping[str, Any]) -> dict[str, Any]:

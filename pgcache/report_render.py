@@ -19,6 +19,7 @@ CSV_COLUMNS = (
     "semantic_hit_rate",
     "prompt_tokens_saved",
     "completion_tokens_saved",
+    "tokens_saved_estimated",
     "dollars_saved",
     "llm_seconds_saved",
 )
@@ -62,8 +63,13 @@ def render(report: dict[str, Any], console) -> None:
         ("  semantic hits", f"{totals['semantic_hits']} ({_percent(totals['semantic_hit_rate'])})"),
         ("misses", totals["misses"]),
         ("errors", totals["errors"]),
-        ("tokens saved", totals["prompt_tokens_saved"] + totals["completion_tokens_saved"]),
-        ("money saved", _dollars(totals["dollars_saved"])),
+        (
+            "tokens saved",
+            _with_estimated(
+                totals["prompt_tokens_saved"] + totals["completion_tokens_saved"], totals["tokens_saved_estimated"]
+            ),
+        ),
+        ("money saved (gross)", _dollars(totals["dollars_saved"])),
         ("LLM time saved", _seconds(totals["llm_seconds_saved"])),
     ]
     if report.get("threshold"):
@@ -118,13 +124,20 @@ def render(report: dict[str, Any], console) -> None:
             chart.add_row(d["day"], str(d["lookups"]), _percent(d["hit_rate"]), hit_rate_bar(d["hit_rate"]))
         console.print(chart)
 
+    if report.get("savings"):
+        render_savings(report["savings"], console)
+
     if report["top_entries"]:
         top = Table(title="top entries")
         for column in ("id", "hits", "tokens saved", "model", "prompt"):
             top.add_column(column, justify="right" if column in ("id", "hits", "tokens saved") else "left")
         for e in report["top_entries"]:
             top.add_row(
-                str(e["entry_id"]), str(e["hit_count"]), str(e["tokens_saved"]), e["model"], _shorten(e["prompt"])
+                str(e["entry_id"]),
+                str(e["hit_count"]),
+                f"{e['tokens_saved']} (estimated)" if e.get("tokens_estimated") else str(e["tokens_saved"]),
+                e["model"],
+                _shorten(e["prompt"]),
             )
         console.print(top)
 
@@ -143,6 +156,73 @@ def render(report: dict[str, Any], console) -> None:
 
     if report.get("what_if"):
         render_what_if(report["what_if"], console)
+
+
+def render_savings(net: dict[str, Any], console) -> None:
+    """Gross savings, the cache's costs, net savings and break-even (from :func:`pgcache.report.savings`)."""
+    from rich.table import Table
+
+    table = Table(title="is caching paying off? (pgcache_savings)", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    estimated = net["gross_savings_estimated"]
+    cpu = f" at ${net['cpu_hour_price']:g} per CPU hour" if net["cpu_hour_price"] is not None else ""
+    rows = [
+        (
+            "gross savings",
+            _dollars(net["gross_savings"]) + (f" ({_dollars(estimated)} estimated)" if estimated else ""),
+        ),
+        ("  of which semantic hits", _dollars(net["semantic_savings"])),
+        (
+            "embedding cost",
+            f"{_dollars(net['embedding_cost'])} ({net['embedded_lookups']} lookups, "
+            + (
+                f"{net['embedding_tokens']} tokens)"
+                if net["embedding_tokens"]
+                else f"{_seconds(net['embedding_seconds'])} CPU{cpu})"
+            ),
+        ),
+        ("judge cost", f"{_dollars(net['judge_cost'])} ({net['judge_tokens']} tokens)"),
+        ("verifier cost", f"{_dollars(net['verifier_cost'])} ({_seconds(net['verifier_seconds'])} CPU{cpu})"),
+        ("cache cost", _dollars(net["cache_cost"])),
+        ("net savings", _dollars(net["net_savings"])),
+        ("break-even", _break_even(net)),
+    ]
+    if net["unpriced"]:
+        rows.append(("no price for", ", ".join(net["unpriced"]) + " (counted as $0: add them to pgcache_prices)"))
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    for label, key in (("namespace", "namespaces"), ("day", "days")):
+        if len(net[key]) > 1:
+            per = Table(title=f"savings per {label}" + (" (UTC)" if key == "days" else ""))
+            per.add_column(label, overflow="fold")
+            for column in ("lookups", "hits", "gross", "cache cost", "net"):
+                per.add_column(column, justify="right")
+            for row in net[key]:
+                per.add_row(
+                    row[label],
+                    str(row["lookups"]),
+                    str(row["hits"]),
+                    _dollars(row["gross_savings"]),
+                    _dollars(row["cache_cost"]),
+                    _dollars(row["net_savings"]),
+                )
+            console.print(per)
+
+
+def _break_even(net: dict[str, Any]) -> str:
+    if net["break_even_lookups"] is None:
+        return "-" if not net["embedded_lookups"] else "no semantic hit or no embedding cost yet"
+    now = net["lookups_per_semantic_hit"]
+    return (
+        f"one semantic hit per {net['break_even_lookups']:,.1f} embedded lookups pays for the embeddings "
+        f"(now one per {now:,.1f})"
+    )
+
+
+def _with_estimated(total: int, estimated: int) -> str:
+    return f"{total} ({estimated} estimated)" if estimated else str(total)
 
 
 def render_what_if(scenario: dict[str, Any], console) -> None:
@@ -218,7 +298,11 @@ def _percent(rate: float | None) -> str:
 
 
 def _dollars(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.4f}"
+    if value is None:
+        return "-"
+    # Costs per lookup are fractions of a cent: four decimals would show them as nothing.
+    sign, value = ("-" if value < 0 else ""), abs(value)
+    return f"{sign}${value:,.4f}" if value == 0 or value >= 0.01 else f"{sign}${value:.8f}"
 
 
 def _seconds(value: float | None) -> str:

@@ -52,6 +52,23 @@ def content_of(response: Mapping[str, Any]) -> str:
     return content if isinstance(content, str) else ""
 
 
+def answer_text(response: Mapping[str, Any]) -> str:
+    """What the model wrote in its first choice: the text, and the names and arguments of any tool calls."""
+    message = response["choices"][0]["message"]
+    parts = [content_of(response)]
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, Mapping) else None
+        if isinstance(function, Mapping):
+            parts.extend(str(function.get(name) or "") for name in ("name", "arguments"))
+    return "\n".join(part for part in parts if part)
+
+
+def lacks_usage(response: Mapping[str, Any]) -> bool:
+    """Whether the response came without the API's ``usage`` (so that its token counts are estimated)."""
+    return not isinstance(response.get("usage"), Mapping)
+
+
 def usage_of(response: Mapping[str, Any]) -> tuple[int | None, int | None, int | None]:
     usage = response.get("usage")
     if not isinstance(usage, Mapping):

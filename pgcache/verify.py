@@ -25,6 +25,7 @@ served. A new kind of check is a class with ``name``, ``always``,
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,11 +129,15 @@ class LearnedCheck:
             return []
         if not self.breaker.allow():
             return ["verifier: unavailable"] * len(candidates)
+        started = time.perf_counter()
         try:
             probabilities = self.learned.encoder.score([(c.request, c.cached or "") for c in candidates])
         except (RuntimeError, ValueError, OSError, MemoryError) as exc:
             self.breaker.failure(exc)
             return ["verifier: error"] * len(candidates)
+        finally:
+            # The forward pass is CPU-bound work: its time is what the verifier costs (pgcache_savings).
+            record.verifier_ms = (record.verifier_ms or 0.0) + (time.perf_counter() - started) * 1000
         self.breaker.success()
         threshold = self.learned.threshold
         reasons: list[str | None] = []
@@ -181,6 +186,8 @@ class JudgeCheck:
                 continue
             verdict = self.judge.verify(c.request, c.cached or "")
             record.judge_tokens = (record.judge_tokens or 0) + verdict.prompt_tokens + verdict.completion_tokens
+            record.judge_completion_tokens = (record.judge_completion_tokens or 0) + verdict.completion_tokens
+            record.judge_model = getattr(self.judge, "model", None)
             if self.record_verdict is not None and verdict.error is None:
                 self.record_verdict(
                     Judgement(

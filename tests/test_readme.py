@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -64,6 +65,15 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
             text=True,
             timeout=300,
         )
+        # The Makefile's last step, as data: `pgcache report --namespace demo`.
+        reported = subprocess.run(
+            [PGCACHE_SCRIPT, "report", "--namespace", "demo", "--format", "json"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         embedded.stop(tmp_path / "pgcache" / "postgres")
     assert warmed.returncode == 0, warmed.stderr
@@ -72,6 +82,14 @@ def test_make_demo_steps_show_exact_and_semantic_hits_without_an_api_key(tmp_pat
     assert "warmed FAQ entries in namespace 'demo': 12" in done.stdout
     summary = done.stdout.strip().splitlines()[-1]
     assert summary == "summary: 10 questions, 2 exact hits, 3 semantic hits, 5 misses; no API key used"
+    assert reported.returncode == 0, reported.stderr
+    net = json.loads(reported.stdout)["savings"]
+    # Warmed answers carry no usage: all five hits save estimated tokens, and embedding the 8 exact misses costs.
+    assert net["hits"] == 5 and net["tokens_saved"] == net["tokens_saved_estimated"] > 0
+    assert net["gross_savings"] == net["gross_savings_estimated"] > 0
+    assert net["embedded_lookups"] == 8 and net["embedding_cost"] > 0 and net["embedding_seconds"] > 0
+    assert net["net_savings"] == pytest.approx(net["gross_savings"] - net["embedding_cost"])
+    assert "pgcache report --namespace demo" in (ROOT / "Makefile").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
