@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -227,7 +228,7 @@ def copy_entries(
         ) as copy,
     ):
         copy.set_types(
-            ["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "vector", "text", "timestamptz"]
+            ["text", "bytea", "bytea", "text", "text", "text", "jsonb", "jsonb", "halfvec", "text", "timestamptz"]
         )
         past = datetime.now(UTC) - timedelta(hours=1)
         for i, (key, namespace, answer, vector, model) in enumerate(rows):
@@ -248,7 +249,7 @@ def copy_entries(
                     key.prompt,
                     Jsonb(key.request),
                     Jsonb(response),
-                    vector,
+                    None if vector is None else HalfVector(vector),
                     "warm",
                     past if expired is not None and expired[i] else None,
                 )

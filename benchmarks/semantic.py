@@ -139,7 +139,7 @@ FROM pg_class WHERE oid = 'pgcache_entries'::regclass
 
 
 def _storage(context: Context, section: Section, table, n: int, queries: np.ndarray, database: Database) -> None:
-    """Bytes per entry by part, the projection to 1M entries, and a halfvec index beside the full one."""
+    """Bytes per entry by part, the projection to 1M entries, and an index over whole vectors beside pgcache's."""
     with connect(table.url) as conn:
         conn.execute("VACUUM ANALYZE pgcache_entries")
         heap, toast, vector_index, other_indexes, rows = conn.execute(SIZES_SQL).fetchone()
@@ -149,7 +149,7 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
         conn.execute("SET maintenance_work_mem = '1GB'")
         conn.execute(
             f"CREATE INDEX bench_vector_idx ON pgcache_entries USING ivfflat "
-            f"(embedding vector_cosine_ops) WITH (lists = {lists})"
+            f"(embedding halfvec_cosine_ops) WITH (lists = {lists})"
         )
         vector_build = time.perf_counter() - started
         full_index = conn.execute("SELECT pg_relation_size('bench_vector_idx')").fetchone()[0]
@@ -165,9 +165,9 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
             row = conn.execute(
                 """
                 WITH c AS MATERIALIZED (
-                    SELECT id, embedding <=> %(q)s AS d FROM pgcache_entries
+                    SELECT id, embedding <=> %(q)s::halfvec(1536) AS d FROM pgcache_entries
                     WHERE scope_key = %(s)s AND embedder = %(e)s AND (expires_at IS NULL OR expires_at > now())
-                    ORDER BY embedding <=> %(q)s LIMIT 4)
+                    ORDER BY embedding <=> %(q)s::halfvec(1536) LIMIT 4)
                 SELECT id FROM c ORDER BY d + 0 LIMIT 1""",
                 {"s": scope_key, "e": EMBEDDER, "q": queries[i]},
                 binary=True,
@@ -185,8 +185,8 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
     half_timing, half_recall = search_timings(database, table, queries)
     per_entry = {
         "heap": heap / rows,
-        "TOAST (the 1536-d vector)": toast / rows,
-        "ivfflat index (halfvec)": vector_index / rows,
+        "TOAST (the 1536-d halfvec)": toast / rows,
+        "ivfflat index (first 768 dimensions)": vector_index / rows,
         "other indexes": other_indexes / rows,
     }
     total = sum(per_entry.values())
@@ -198,17 +198,17 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
         ],
     )
     section.table(
-        f"ivfflat over halfvec(1536) vs over vector at {rows:,} entries ({lists} lists, probes {probes})",
+        f"ivfflat over the first 768 dimensions vs over all 1536 at {rows:,} entries ({lists} lists, probes {probes})",
         [
             {
-                "index": "halfvec expression index, full-precision re-rank (pgcache's)",
+                "index": "first 768 dimensions, 20 candidates ranked by the whole vector (pgcache's)",
                 "size MiB": vector_index / 2**20,
                 "recall@1": half_recall,
                 "p50 ms": half_timing.p50 / 1000,
                 "p99 ms": half_timing.p99 / 1000,
             },
             {
-                "index": "vector (full precision)",
+                "index": "all 1536 dimensions",
                 "size MiB": full_index / 2**20,
                 "recall@1": vector_recall,
                 "p50 ms": vector_timing.p50 / 1000,
@@ -218,8 +218,8 @@ def _storage(context: Context, section: Section, table, n: int, queries: np.ndar
         ],
     )
     section.notes.append(
-        f"The halfvec index takes {vector_index / 2**20:.0f} MiB against {full_index / 2**20:.0f} MiB for the same "
-        f"lists over full-precision vectors, at recall@1 {half_recall:.3f} against {vector_recall:.3f}: a 1536-d "
-        "float vector is 6 KB, so a full-precision index page holds one and a halfvec page two. The heap keeps each "
-        "vector once more, in TOAST."
+        f"The index over the first 768 dimensions takes {vector_index / 2**20:.0f} MiB against "
+        f"{full_index / 2**20:.0f} MiB for the same lists over all 1536, at recall@1 {half_recall:.3f} against "
+        f"{vector_recall:.3f}: a 1536-d half-precision vector is 3 KB, so an index page holds two of them and five "
+        "768-d heads. The heap keeps each whole vector, in half precision, in TOAST."
     )

@@ -3,8 +3,10 @@
 A batch is all or nothing: every entry's JSON is checked before any embedding
 is paid for, and the batch is written in one transaction. Batches of
 :data:`~pgcache.queries.COPY_FROM` entries or more go through binary COPY into
-a staging table and one upsert; an entry whose exact key is already stored
-replaces it (the newer answer wins).
+a staging table, then upserts of at most :data:`~pgcache.queries.UPSERT_ROWS`
+rows each, so that no statement of a large batch runs into the statement
+timeout; an entry whose exact key is already stored replaces it (the newer
+answer wins). Vectors travel and are stored in half precision.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from pgvector import HalfVector
 
 from . import queries
 from .backend import Backend, Unavailable
@@ -55,6 +58,8 @@ class NewEntry:
         """The SQL parameters, by name."""
         values = {field.name: getattr(self, field.name) for field in fields(self)}
         values["embedder"] = self.embedder if self.embedding is not None else None
+        # Sent in half precision, as the column stores it: half the bytes on the wire and in COPY.
+        values["embedding"] = None if self.embedding is None else HalfVector(self.embedding)
         values["tags"] = list(self.tags)
         return values
 
@@ -83,16 +88,21 @@ def _one(row: tuple | None) -> int:
 
 
 def _copy_entries(conn: psycopg.Connection, entries: Sequence[NewEntry]) -> list[int]:
-    # One upsert cannot touch a row twice: of repeated keys in a batch, the last one wins.
+    # One upsert cannot touch a row twice: of repeated keys in a batch, the last one wins. Staged in key
+    # order, so that every slice, like every writer, locks rows in key order.
     last = {entry.exact_key: entry for entry in entries}
+    staged = sorted(last.values(), key=lambda entry: entry.exact_key)
+    ids: dict[bytes, int] = {}
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(queries.CREATE_STAGING)
         with cur.copy(queries.COPY_STAGING) as copy:
             copy.set_types(queries.STAGING_TYPES)
-            for entry in last.values():
+            for entry in staged:
                 params = entry.params()
                 copy.write_row([params[column.source] for column in queries.ENTRY_COLUMNS])
-        ids = {bytes(key): entry_id for key, entry_id in cur.execute(queries.UPSERT_STAGED).fetchall()}
+        for start in range(0, len(staged), queries.UPSERT_ROWS):
+            rows = cur.execute(queries.UPSERT_STAGED, (start, start + queries.UPSERT_ROWS)).fetchall()
+            ids.update((bytes(key), entry_id) for key, entry_id in rows)
     return [ids[entry.exact_key] for entry in entries]
 
 

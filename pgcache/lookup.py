@@ -35,8 +35,9 @@ from .verify import Candidate, Verifier
 
 _log = logging.getLogger(__name__)
 
-CANDIDATES = 4
-"""Neighbours the index hands ``pgcache_nearest()`` for re-ranking with full-precision vectors."""
+CANDIDATES = 20
+"""Candidates the index (over the vectors' first 768 dimensions) hands ``pgcache_neighbours()`` for ranking
+by the whole vector: at 100k entries, 20 found the true nearest as often as an index over all 1536 did."""
 
 
 @dataclass(frozen=True, slots=True)

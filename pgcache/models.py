@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pgvector.sqlalchemy import HALFVEC, Vector
+from pgvector.sqlalchemy import HALFVEC
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -33,7 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .queries import EMBEDDING_DIMENSIONS, INDEX_NAME
+from .queries import EMBEDDING_DIMENSIONS, INDEX_NAME, INDEXED_DIMENSIONS
 
 NAMING_CONVENTION = {
     "ix": "%(table_name)s_%(column_0_name)s_idx",
@@ -61,7 +61,7 @@ class Entry(Base):
     prompt: Mapped[str | None] = mapped_column(Text)
     request: Mapped[dict] = mapped_column(JSONB, nullable=False)
     response: Mapped[dict] = mapped_column(JSONB, nullable=False)
-    embedding = mapped_column(Vector(EMBEDDING_DIMENSIONS))
+    embedding = mapped_column(HALFVEC(EMBEDDING_DIMENSIONS))
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]"))
     source: Mapped[str] = mapped_column(Text, nullable=False, server_default=text("'llm'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
@@ -80,13 +80,15 @@ class Entry(Base):
         Index("pgcache_entries_expires_at_idx", "expires_at"),
         Index("pgcache_entries_scope_idx", "scope_key", "embedder"),
         Index("pgcache_entries_tags_idx", "tags", postgresql_using="gin"),
-        # Over half-precision copies of the vectors: half the size, same recall after re-ranking.
+        # Over the vectors' first 768 dimensions: candidates, which lookups rank by the whole vector.
         Index(
             INDEX_NAME,
-            cast(literal_column("embedding"), HALFVEC(EMBEDDING_DIMENSIONS)).label("embedding_half"),
+            cast(func.subvector(literal_column("embedding"), 1, INDEXED_DIMENSIONS), HALFVEC(INDEXED_DIMENSIONS)).label(
+                "embedding_head"
+            ),
             postgresql_using="ivfflat",
             postgresql_with={"lists": 1},
-            postgresql_ops={"embedding_half": "halfvec_cosine_ops"},
+            postgresql_ops={"embedding_head": "halfvec_cosine_ops"},
         ),
     )
 

@@ -14,7 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 EMBEDDING_DIMENSIONS = 1536
-"""Width of ``pgcache_entries.embedding``; narrower embeddings are zero-padded to it."""
+"""Width of ``pgcache_entries.embedding`` (half precision); narrower embeddings are zero-padded to it."""
+
+INDEXED_DIMENSIONS = 768
+"""The ivfflat index covers the vectors' first 768 dimensions (migration 0010); lookups rank its candidates
+by the whole vector."""
 
 EXACT_SEARCH_ROWS = 500
 """Below this many vectors a search compares every one of them: exact, and a few ms at most.
@@ -113,7 +117,7 @@ ENTRY_COLUMNS = (
     Column("prompt", "text"),
     Column("request", "text", "{}::jsonb"),
     Column("response", "text", "{}::jsonb"),
-    Column("embedding", "vector"),
+    Column("embedding", "halfvec"),
     Column("tags", "text[]"),
     Column("source", "text"),
     Column("expires_at", "float8", "now() + {} * interval '1 second'", param="ttl"),
@@ -140,12 +144,14 @@ INSERT_ENTRY = (
     + f") {_REFRESH} RETURNING id"
 )
 
-# From this many entries a batch goes through binary COPY into a staging table, then one upsert.
+# From this many entries a batch goes through binary COPY into a staging table, then upserts of at most
+# UPSERT_ROWS rows each (one transaction): each statement stays well inside the statement timeout.
 COPY_FROM = 20
+UPSERT_ROWS = 2_000
 STAGING_TYPES = [column.staged_as for column in ENTRY_COLUMNS]
 # ON COMMIT DROP: nothing outlives the transaction, so pooled (and PgBouncer) connections stay clean.
 CREATE_STAGING = (
-    "CREATE TEMP TABLE pgcache_staging ("
+    "CREATE TEMP TABLE pgcache_staging (position integer GENERATED ALWAYS AS IDENTITY, "
     + ", ".join(f"{c.source} {c.staged_as}" for c in ENTRY_COLUMNS)
     + ") ON COMMIT DROP"
 )
@@ -155,7 +161,8 @@ COPY_STAGING = (
 UPSERT_STAGED = (
     f"INSERT INTO pgcache_entries AS e ({_NAMES}) SELECT "
     + ", ".join(c.value.format(c.source) for c in ENTRY_COLUMNS)
-    + f" FROM pgcache_staging ORDER BY exact_key {_REFRESH} RETURNING exact_key, id"
+    + " FROM pgcache_staging WHERE position > %s AND position <= %s"
+    + f" ORDER BY exact_key {_REFRESH} RETURNING exact_key, id"
 )
 
 # -- the ledger ------------------------------------------------------------------------------------------
@@ -266,7 +273,9 @@ FILTERS = {
     "key": "exact_key = %(key)s",
     "tags": "tags @> %(tags)s::text[]",
     "older_than": "created_at < now() - %(older_than)s * interval '1 second'",
-    "similar_to": "embedder = %(embedder)s AND 1 - (embedding <=> %(similar_to)s) >= %(min_similarity)s",
+    "similar_to": (
+        "embedder = %(embedder)s AND 1 - (embedding <=> %(similar_to)s::halfvec(1536)) >= %(min_similarity)s"
+    ),
 }
 """The conditions an invalidation can combine (with AND), each bound by name."""
 

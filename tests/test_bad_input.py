@@ -60,7 +60,7 @@ def assert_only_whole_rows(url: str, expected: int) -> None:
                count(*) FILTER (WHERE (embedding IS NULL) <> (embedder IS NULL)),
                count(*) FILTER (WHERE embedding IS NOT NULL AND vector_dims(embedding) <> 1536),
                count(*) FILTER (WHERE embedding IS NOT NULL AND 'NaN'::real = ANY (embedding::real[])),
-               count(*) FILTER (WHERE embedding IS NOT NULL AND abs(vector_norm(embedding) - 1) > 1e-3),
+               count(*) FILTER (WHERE embedding IS NOT NULL AND abs(l2_norm(embedding) - 1) > 1e-3),
                count(*) FILTER (WHERE length(exact_key) <> 32 OR length(scope_key) <> 32)
         FROM pgcache_entries""",
     )
