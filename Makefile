@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # sentence-transformers so that no multi-GB CUDA build is pulled in.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-fast lint bench bench-quick verifier-bench soak redis-server chromium demo clean
+.PHONY: install test test-fast lint bench bench-quick bench-large verifier-bench soak redis-server chromium demo clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ bench: install redis-server
 
 bench-quick: install redis-server
 	$(BIN)/python -m benchmarks --quick $(BENCH_ARGS)
+
+# 1M entries, not in CI (<= 75 min, ~30 GB of disk): docs/benchmarks-large.md; BENCH_LARGE_ARGS="--only storage" etc.
+bench-large: install
+	$(BIN)/python -m benchmarks.large $(BENCH_LARGE_ARGS)
 
 # The learned verifier's measurements, training on the CPU (about an hour on 2 cores; trained
 # verifiers are cached in .bench-cache/): docs/verifier-recipes.md, docs/default-verifier.md,
