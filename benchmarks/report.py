@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from .harness import Section
+
+LARGE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks-large.md"
+"""What `make bench-large` wrote last; its targets and main tables are carried into docs/benchmarks.md."""
 
 INTRO = """\
 # Benchmarks
@@ -57,6 +62,30 @@ def render(sections: list[Section], environment: dict[str, str], mode: str, seco
         for note in section.notes:
             parts.append(f"{note}\n")
         parts.append(f"_Scenario `{section.key}`: {section.seconds:.0f} s._\n")
+    summary = large_summary(LARGE)
+    if summary:
+        parts.append(summary)
     parts.append("\n## Machine and versions\n")
     parts.append(_table([{"what": k, "value": v} for k, v in environment.items()]))
     return "\n".join(parts) + "\n"
+
+
+def large_summary(path: Path) -> str | None:
+    """The targets of a `make bench-large` report and its one-scope lookup and storage tables, or None."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    title = text.splitlines()[0].removeprefix("# Benchmarks at ").strip()
+    targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0].strip()
+    parts = [
+        f"\n## {title[0].upper()}{title[1:]} (`make bench-large`)\n",
+        f"From the last `make bench-large` run, [benchmarks-large.md](benchmarks-large.md), which has the method,"
+        " every phase and the machine; that run, not this one, measured these.\n",
+        targets + "\n",
+    ]
+    for heading in ("Semantic lookup, ", "Storage at "):
+        section = re.search(rf"^## {heading}.*?$(.*?)(?=^## |\Z)", text, re.M | re.S)
+        table = re.search(r"^(\*\*.*?\*\*\n\n(?:\|.*\n)+)", section.group(1), re.M) if section else None
+        if table:
+            parts.append(table.group(1))
+    return "\n".join(parts)

@@ -292,7 +292,9 @@ def reindex(
     lists: Annotated[
         Optional[int], typer.Option(help="ivfflat lists (default: 1 below 500 rows, else 2*sqrt(rows)).")
     ] = None,
-    maintenance_work_mem: Annotated[str, typer.Option(help="Memory for the index build.")] = "512MB",
+    maintenance_work_mem: Annotated[
+        Optional[str], typer.Option(help="Memory for the index build (default: what the build needs, >= 512MB).")
+    ] = None,
 ) -> None:
     """Retrain the ivfflat index for the current number of entries, concurrently.
 

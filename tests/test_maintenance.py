@@ -215,6 +215,17 @@ def test_reindex_advice_policy():
     assert IndexStatus(rows=400, lists=45, recommended_lists=1).needs_reindex, "shrunk below 500: exact again"
 
 
+def test_the_index_build_is_given_the_memory_pgvector_asks_for():
+    from pgcache.maintenance import build_memory, recommended_lists
+
+    # pgvector refused the build of 1.1M entries (2,098 lists) with "memory required is 1024 MB,
+    # maintenance_work_mem is 512 MB": what reindex sets now must cover that, and small builds keep 512MB.
+    assert recommended_lists(1_100_000) == 2_098
+    assert int(build_memory(2_098).removesuffix("MB")) >= 1024
+    assert build_memory(632) == build_memory(1) == "512MB"
+    assert int(build_memory(4_000).removesuffix("MB")) > 3 * 1024, "it grows with the square of lists"
+
+
 class CheapEmbedder:
     """Distinct unit vectors without an embedding service: enough rows to cross the exact-search size."""
 
