@@ -79,7 +79,7 @@ def large_summary(path: Path) -> str | None:
     targets = text.split("## Targets", 1)[1].split("\n## ", 1)[0].strip()
     parts = [
         f"\n## {title[0].upper()}{title[1:]} (`make bench-large`)\n",
-        f"From the last `make bench-large` run, [benchmarks-large.md](benchmarks-large.md), which has the method,"
+        "From the last `make bench-large` run, [benchmarks-large.md](benchmarks-large.md), which has the method,"
         " every phase and the machine; that run, not this one, measured these.\n",
         targets + "\n",
     ]
