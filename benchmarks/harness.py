@@ -61,6 +61,24 @@ class Timing:
         return {"n": len(self.samples), "p50_us": self.p50, "p90_us": self.p90, "p99_us": self.p99, "max_us": self.max}
 
 
+def latency_row(
+    label: str, timing: Timing, recall: float | None = None, *, column: str = "queries", **extra: Any
+) -> dict[str, Any]:
+    """A table row of ``timing`` in ms (p50, p90, p99, max), labelled in ``column``, with recall@1 if given."""
+    row: dict[str, Any] = {
+        column: label,
+        "n": len(timing.samples),
+        "p50 ms": timing.p50 / 1000,
+        "p90 ms": timing.p90 / 1000,
+        "p99 ms": timing.p99 / 1000,
+        "max ms": timing.max / 1000,
+    }
+    if recall is not None:
+        row["recall@1"] = recall
+    row.update(extra)
+    return row
+
+
 def measure(operation: Callable[[int], Any], count: int, warmup: int = 0) -> Timing:
     """Time ``operation(i)`` for i in range(count) after ``warmup`` untimed calls."""
     for i in range(warmup):

@@ -55,11 +55,11 @@ from pgcache.connections import Database
 from pgcache.errors import DatabaseError
 from pgcache.lookup import CANDIDATES, find_nearest
 
-from .harness import Scope, Section, Server, Timing, connect, copy_entries, machine, measure
-from .neighbourhoods import PARAPHRASES, Neighbourhoods, Picker, exact_top2, percentiles
-from .report import _table
+from .harness import Scope, Section, Server, Timing, connect, copy_entries, latency_row, machine, measure
+from .neighbourhoods import PARAPHRASES, Neighbourhoods, Picker, exact_top2
+from .report import _table, section_parts
 from .semantic import PrecomputedEmbedder
-from .vectors import ClusteredVectors
+from .vectors import ClusteredVectors, percentiles
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDER = "bench-1536"
@@ -330,21 +330,6 @@ def time_lookups(database: Database, table: Table, query_set: QuerySet) -> tuple
     return timing, float(np.mean(found == query_set.truth))
 
 
-def lookup_row(label: str, timing: Timing, recall: float | None = None, **extra: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "queries": label,
-        "n": len(timing.samples),
-        "p50 ms": timing.p50 / 1000,
-        "p90 ms": timing.p90 / 1000,
-        "p99 ms": timing.p99 / 1000,
-        "max ms": timing.max / 1000,
-    }
-    if recall is not None:
-        row["recall@1"] = recall
-    row.update(extra)
-    return row
-
-
 def query_sets(
     data: Neighbourhoods,
     anchors: Callable[[np.ndarray], np.ndarray],
@@ -461,7 +446,7 @@ def phase_lookup(run: Run) -> list[Section]:
             run.log(f"  {query_set.kind}: {len(query_set.vectors)} lookups")
             timing, recall = time_lookups(database, table, query_set)
             timings[query_set.kind], recalls[query_set.kind] = timing, recall
-            rows.append(lookup_row(query_set.kind, timing, recall))
+            rows.append(latency_row(query_set.kind, timing, recall))
     finally:
         database.close()
     section.table(f"{n:,} entries ({table.lists} lists, probes {table.probes})", rows)
@@ -706,7 +691,7 @@ def phase_reindex(run: Run) -> list[Section]:
         timing = Timing(samples[name])
         label = name if name == "before" else f"during the reindex ({result.seconds:.1f}s)"
         rows.append(
-            lookup_row(
+            latency_row(
                 label,
                 timing,
                 correct[name] / len(samples[name]) if samples[name] else float("nan"),
@@ -897,8 +882,8 @@ def phase_many_scopes(run: Run) -> list[Section]:
         f"Lookups ({status.rows:,} entries in the table; index trained for {status.lists} lists, "
         f"{status.recommended_lists} recommended now)",
         [
-            lookup_row(f"small namespace ({PER_NAMESPACE} entries): paraphrase ~0.95", small_timing, small_recall),
-            lookup_row(f"big scope ({n:,} entries): paraphrase ~0.90", big_timing, big_recall),
+            latency_row(f"small namespace ({PER_NAMESPACE} entries): paraphrase ~0.95", small_timing, small_recall),
+            latency_row(f"big scope ({n:,} entries): paraphrase ~0.90", big_timing, big_recall),
         ],
     )
     section.table(
@@ -969,7 +954,7 @@ def phase_scopes(run: Run) -> list[Section]:
             run.log(f"  {query_set.kind}: {len(query_set.vectors)} lookups")
             timing, recall = time_lookups(database, table, query_set)
             timings[query_set.kind], recalls[query_set.kind] = timing, recall
-            rows.append(lookup_row(query_set.kind, timing, recall))
+            rows.append(latency_row(query_set.kind, timing, recall))
     finally:
         database.close()
     sizes = np.bincount(groups, minlength=TENANTS)
@@ -1274,12 +1259,7 @@ def render(
             f'BENCH_LARGE_ARGS="--only {",".join(skipped)}"` (the phases they need come along).\n'
         )
     for section in sections:
-        parts.append(f"\n## {section.title}\n\n{section.workload}\n")
-        for caption, rows in section.tables:
-            parts.append(f"**{caption}**\n\n{_table(rows)}\n")
-        for note in section.notes:
-            parts.append(f"{note}\n")
-        parts.append(f"_Phase `{section.key}`: {section.seconds:.0f} s._\n")
+        parts.extend(section_parts(section, "Phase"))
     parts.append("\n## Machine and versions\n")
     parts.append(_table([{"what": k, "value": v} for k, v in environment.items()]))
     return "\n".join(parts) + "\n"

@@ -19,7 +19,7 @@ needed (:meth:`Neighbourhoods.chunks`), so a million entries cost their cluster 
 of entries and each chunk is self-contained, so that a chunk can be one small namespace.
 
 :func:`exact_top2` is the brute-force ground truth over such chunks (nearest and second nearest,
-within a query's group), :func:`percentiles` the similarity profile's rows.
+within a query's group); the similarity profile's rows come from :func:`benchmarks.vectors.percentiles`.
 """
 
 from __future__ import annotations
@@ -197,21 +197,3 @@ def exact_top2(
         if between_chunks is not None:
             between_chunks()
     return best, first, second
-
-
-def percentiles(label: str, values: np.ndarray) -> dict[str, object]:
-    """A similarity profile row: p1, p10, median, p90, p99 of ``values``."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if not len(values):
-        return {"pairs": label, "n": 0}
-    p = np.percentile(values, [1, 10, 50, 90, 99])
-    return {
-        "pairs": label,
-        "n": len(values),
-        "p1": round(float(p[0]), 3),
-        "p10": round(float(p[1]), 3),
-        "median": round(float(p[2]), 3),
-        "p90": round(float(p[3]), 3),
-        "p99": round(float(p[4]), 3),
-    }

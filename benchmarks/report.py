@@ -56,18 +56,22 @@ def render(sections: list[Section], environment: dict[str, str], mode: str, seco
         for verdict in section.verdicts:
             parts.append(f"- {section.title}: {verdict}")
     for section in sections:
-        parts.append(f"\n## {section.title}\n\n{section.workload}\n")
-        for caption, rows in section.tables:
-            parts.append(f"**{caption}**\n\n{_table(rows)}\n")
-        for note in section.notes:
-            parts.append(f"{note}\n")
-        parts.append(f"_Scenario `{section.key}`: {section.seconds:.0f} s._\n")
+        parts.extend(section_parts(section, "Scenario"))
     summary = large_summary(LARGE)
     if summary:
         parts.append(summary)
     parts.append("\n## Machine and versions\n")
     parts.append(_table([{"what": k, "value": v} for k, v in environment.items()]))
     return "\n".join(parts) + "\n"
+
+
+def section_parts(section: Section, kind: str) -> list[str]:
+    """A section as Markdown: heading, workload, captioned tables, notes and its time (``kind`` names it)."""
+    parts = [f"\n## {section.title}\n\n{section.workload}\n"]
+    parts.extend(f"**{caption}**\n\n{_table(rows)}\n" for caption, rows in section.tables)
+    parts.extend(f"{note}\n" for note in section.notes)
+    parts.append(f"_{kind} `{section.key}`: {section.seconds:.0f} s._\n")
+    return parts
 
 
 def large_summary(path: Path) -> str | None:

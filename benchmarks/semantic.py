@@ -10,7 +10,7 @@ from pgcache import Cache, maintenance
 from pgcache.connections import Database
 
 from .context import EMBEDDER, MAIN, SMALL_SCOPES, Context, load_table, search_timings
-from .harness import Scope, Section, connect, measure
+from .harness import Scope, Section, connect, latency_row, measure
 from .vectors import similarity_profile
 
 
@@ -25,20 +25,6 @@ class PrecomputedEmbedder:
 
     def embed(self, texts):
         return np.repeat(self.next[None, :], len(texts), axis=0)
-
-
-def _row(label: str, timing, recall: float | None = None) -> dict:
-    row = {
-        "lookup": label,
-        "n": len(timing.samples),
-        "p50 ms": timing.p50 / 1000,
-        "p90 ms": timing.p90 / 1000,
-        "p99 ms": timing.p99 / 1000,
-        "max ms": timing.max / 1000,
-    }
-    if recall is not None:
-        row["recall@1"] = recall
-    return row
 
 
 def run(context: Context) -> Section:
@@ -71,11 +57,11 @@ def run(context: Context) -> Section:
             empty_timing, _ = search_timings(database, table, novel, Scope("nobody"))
             whole = _whole_lookup(table.url, paraphrases[: min(200, len(paraphrases))])
             rows = [
-                _row("paraphrase (hit)", hit_timing, hit_recall),
-                _row("novel (miss)", miss_timing, miss_recall),
-                _row("small scope (exact search)", small_timing),
-                _row("empty scope", empty_timing),
-                _row("whole lookup, paraphrase", whole),
+                latency_row("paraphrase (hit)", hit_timing, hit_recall, column="lookup"),
+                latency_row("novel (miss)", miss_timing, miss_recall, column="lookup"),
+                latency_row("small scope (exact search)", small_timing, column="lookup"),
+                latency_row("empty scope", empty_timing, column="lookup"),
+                latency_row("whole lookup, paraphrase", whole, column="lookup"),
             ]
             section.table(
                 f"{n:,} entries ({result.after.lists} lists, probes "

@@ -69,7 +69,6 @@ def exact_nearest(entries: np.ndarray, queries: np.ndarray, chunk: int = 256) ->
 
 def similarity_profile(entries: np.ndarray, queries: dict[str, np.ndarray]) -> list[dict[str, object]]:
     """Percentiles of each query kind's similarity to its nearest entry, plus entry-to-entry."""
-    rows = []
     sample = entries[: min(len(entries), 2000)]
     others = entries.copy()
     sims = sample @ others.T
@@ -78,17 +77,22 @@ def similarity_profile(entries: np.ndarray, queries: dict[str, np.ndarray]) -> l
         "entry to its nearest other entry": sims.max(axis=1),
         **{f"{name} query to its nearest entry": exact_nearest(entries, q)[1] for name, q in queries.items()},
     }
-    for name, values in kinds.items():
-        p = np.percentile(values, [1, 10, 50, 90, 99])
-        rows.append(
-            {
-                "pairs": name,
-                "n": len(values),
-                "p1": round(float(p[0]), 3),
-                "p10": round(float(p[1]), 3),
-                "median": round(float(p[2]), 3),
-                "p90": round(float(p[3]), 3),
-                "p99": round(float(p[4]), 3),
-            }
-        )
-    return rows
+    return [percentiles(name, values) for name, values in kinds.items()]
+
+
+def percentiles(label: str, values: np.ndarray) -> dict[str, object]:
+    """A similarity profile row: p1, p10, median, p90, p99 of ``values``."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return {"pairs": label, "n": 0}
+    p = np.percentile(values, [1, 10, 50, 90, 99])
+    return {
+        "pairs": label,
+        "n": len(values),
+        "p1": round(float(p[0]), 3),
+        "p10": round(float(p[1]), 3),
+        "median": round(float(p[2]), 3),
+        "p90": round(float(p[3]), 3),
+        "p99": round(float(p[4]), 3),
+    }

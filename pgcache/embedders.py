@@ -288,6 +288,8 @@ class LocalEmbedder:
 
     def load(self) -> Any:
         """The model, loaded on first use (a few seconds); lookups time their embeddings without it."""
+        if self._model is not None:  # every semantic lookup asks: no lock once loaded
+            return self._model
         with self._lock:
             if self._model is None:
                 try:

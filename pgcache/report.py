@@ -125,6 +125,21 @@ SAVINGS_SUMS = (
 )
 
 
+MEASURED = frozenset(
+    {
+        "gross_savings",
+        "gross_savings_estimated",
+        "semantic_savings",
+        "embedding_seconds",
+        "embedding_cost",
+        "judge_cost",
+        "verifier_seconds",
+        "verifier_cost",
+    }
+)
+"""Of the sums, the dollars and seconds; the rest count lookups or tokens."""
+
+
 def savings(
     cur: psycopg.Cursor[dict[str, Any]], prices: Mapping[str, tuple[float, float]], filters: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -210,9 +225,8 @@ def _net(figures: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in figures.items():
         if name in SAVINGS_SUMS:
-            value = round(value, 12) if name.endswith(("savings", "_estimated", "_cost", "_seconds")) else int(value)
+            value = round(value, 12) if name in MEASURED else int(value)
         out[name] = value
-    out["tokens_saved_estimated"] = int(figures["tokens_saved_estimated"])
     cache_cost = figures["embedding_cost"] + figures["judge_cost"] + figures["verifier_cost"]
     out["cache_cost"] = round(cache_cost, 12)
     out["net_savings"] = round(figures["gross_savings"] - cache_cost, 12)

@@ -4,7 +4,9 @@ their first 768 dimensions, and every entry still answers its exact and semantic
 from __future__ import annotations
 
 import numpy as np
+import psycopg
 import pytest
+from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
 from pgcache import Cache, db, keys
@@ -40,17 +42,19 @@ class FixedEmbedder:
         return [self.vectors[text] for text in texts]
 
 
-def populate_at_0009(url: str) -> None:
-    """Entries as revision 0009 stored them: full-precision vectors, an index of 2 lists (both probed: exact)."""
-    db.downgrade(url, "0009")
-    assert query(
+def embedding_type(url: str) -> str:
+    """The declared type of pgcache_entries.embedding."""
+    return query(
         url,
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = 'pgcache_entries'::regclass AND attname = 'embedding'",
-    ) == [("vector(1536)",)]
-    import psycopg
-    from pgvector.psycopg import register_vector
+    )[0][0]
 
+
+def populate_at_0009(url: str) -> None:
+    """Entries as revision 0009 stored them: full-precision vectors, an index of 2 lists (both probed: exact)."""
+    db.downgrade(url, "0009")
+    assert embedding_type(url) == "vector(1536)"
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         with (
@@ -82,9 +86,6 @@ def populate_at_0009(url: str) -> None:
 
 def neighbours(url: str) -> list[tuple[int, float]]:
     """The nearest entry of every paraphrase and its similarity, through pgcache_neighbours()."""
-    import psycopg
-    from pgvector.psycopg import register_vector
-
     scope = keys.request_key("x", model="gpt-4o-mini", namespace="default").scope_key
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
@@ -107,11 +108,7 @@ def test_upgrade_converts_every_row_and_keeps_every_hit(database_url, llm):
     assert [i for i, _ in before] == ids[:50], "at 0009 every paraphrase finds the entry it came from"
 
     db.upgrade(database_url)
-    assert query(
-        database_url,
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = 'pgcache_entries'::regclass AND attname = 'embedding'",
-    ) == [("halfvec(1536)",)]
+    assert embedding_type(database_url) == "halfvec(1536)"
     definition = index_definition(database_url)
     assert "subvector(embedding, 1, 768))::halfvec(768)" in definition and "lists='2'" in definition
     assert query(database_url, "SELECT count(*) FROM pgcache_entries WHERE embedding IS NOT NULL") == [(ENTRIES,)]
@@ -141,11 +138,7 @@ def test_downgrade_converts_back_and_upgrade_again(database_url):
     before = neighbours(database_url)
     db.upgrade(database_url)
     db.downgrade(database_url, "0009")
-    assert query(
-        database_url,
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
-        "WHERE attrelid = 'pgcache_entries'::regclass AND attname = 'embedding'",
-    ) == [("vector(1536)",)]
+    assert embedding_type(database_url) == "vector(1536)"
     definition = index_definition(database_url)
     assert "(embedding)::halfvec(1536)" in definition and "lists='2'" in definition
     down = neighbours(database_url)
