@@ -199,10 +199,16 @@ class Entries:
         params: Mapping[str, Any],
     ) -> list[int]:
         """Store ``(prompt_or_messages, response)`` pairs with one embedding batch; ids in the items' order."""
+        keyed = [(self.keys.key(request, model, namespace, params), response) for request, response in pairs(items)]
+        return self.store_keyed(keyed, ttl, tags, source=source)
+
+    def store_keyed(
+        self, keyed: Sequence[tuple[RequestKey, Any]], ttl: float | None, tags: Sequence[str], *, source: str
+    ) -> list[int]:
+        """:meth:`store_many` for ``(key, response)`` pairs whose keys the caller already derived."""
         entries: list[NewEntry] = []
         prompts: list[str | None] = []  # the keys' prompts: entries hold none with store_prompts=False
-        for prompt_or_messages, response in pairs(items):
-            key = self.keys.key(prompt_or_messages, model, namespace, params)
+        for key, response in keyed:
             entries.append(self.build(key, completion_dict(response, key.model), tags, source, ttl))
             prompts.append(key.prompt)
         if not entries:
@@ -222,11 +228,14 @@ class Entries:
         self, requests: Iterable[tuple[Any, str | None]], model: str | None, params: Mapping[str, Any]
     ) -> list[bool]:
         """For ``(prompt_or_messages, namespace)`` pairs: whether each has a live entry (exact key)."""
-        keys = [self.keys.key(request, model, namespace, params).exact_key for request, namespace in requests]
+        return self.contains_keys([self.keys.key(request, model, namespace, params) for request, namespace in requests])
+
+    def contains_keys(self, keys: Sequence[RequestKey]) -> list[bool]:
+        """Whether each key has a live entry."""
         if not keys:
             return []
-        live = self.backend.write(live_keys, keys)
-        return [key in live for key in keys]
+        live = self.backend.write(live_keys, [key.exact_key for key in keys])
+        return [key.exact_key in live for key in keys]
 
 
 def pairs(items: Any) -> list[tuple[Any, Any]]:

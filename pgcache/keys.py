@@ -165,10 +165,14 @@ def _canonical(value: Any) -> Any:
 
 
 def _digest(payload: Mapping[str, Any]) -> bytes:
+    # Only called with parts of a request already passed through _canonical: dumped as they are.
     try:
-        data = canonical_json(payload).encode("utf-8")
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        data = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequestError("request contains invalid Unicode (a lone surrogate)") from None
+    except ValueError as exc:  # a NaN or infinite float
+        raise InvalidRequestError(f"request is not JSON-serialisable: {exc}") from None
     return hashlib.sha256(data).digest()
 
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .durations import parse_ttl
 from .errors import InvalidRequestError, PgcacheError
+from .validation import check_tags
 
 FORMATS = ("text", "tsv", "csv", "jsonl")
 
@@ -216,12 +218,10 @@ BATCHES_IN_FLIGHT = 2
 
 def _warm_one(cache, path, batch, model, ttl, tags, pool, replace, dry_run) -> WarmResult:
     result = WarmResult()
-    present = (
-        [False] * len(batch)
-        if replace
-        else cache.contains_many([(item.prompt, item.namespace) for item in batch], model)
-    )
-    todo = [item for item, here in zip(batch, present, strict=True) if not here]
+    # Each line's key is derived once, for both the presence check and the store.
+    keys = [cache.keys.key(item.prompt, model, item.namespace) for item in batch]
+    present = [False] * len(batch) if replace else cache.entries.contains_keys(keys)
+    todo = [(item, key) for item, key, here in zip(batch, keys, present, strict=True) if not here]
     result.present += len(batch) - len(todo)
     if not dry_run and todo:
         _warm_batch(cache, path, todo, model, ttl, tags, pool, result)
@@ -231,8 +231,8 @@ def _warm_one(cache, path, batch, model, ttl, tags, pool, replace, dry_run) -> W
 
 
 def _warm_batch(cache, path, todo, model, ttl, tags, pool, result) -> None:
-    questions = [item for item in todo if item.response is None]
-    answers: dict[int, Any] = {id(item): item.response for item in todo if item.response is not None}
+    questions = [item for item, _ in todo if item.response is None]
+    answers: dict[int, Any] = {id(item): item.response for item, _ in todo if item.response is not None}
 
     def ask(item: WarmItem):
         return cache.llm.chat.completions.create(
@@ -245,26 +245,23 @@ def _warm_batch(cache, path, todo, model, ttl, tags, pool, result) -> None:
             result.errors.append(f"{path}:{item.line}: LLM call failed: {type(outcome).__name__}")
         else:
             answers[id(item)] = outcome
-    groups: dict[tuple, list[WarmItem]] = {}
-    for item in todo:
+    groups: dict[tuple, list[tuple[WarmItem, Any]]] = {}
+    for item, key in todo:
         if id(item) in answers:
-            groups.setdefault((item.namespace, item.ttl, item.tags), []).append(item)
-    for (namespace, item_ttl, item_tags), group in groups.items():
-        lifetime = ttl if item_ttl is None else item_ttl
-        extra = {} if lifetime is None else {"ttl": lifetime}  # None: the cache's default TTL
+            groups.setdefault((item.ttl, item.tags), []).append((item, key))
+    for (item_ttl, item_tags), group in groups.items():
+        chosen = ttl if item_ttl is None else item_ttl
         try:
-            cache.store_many(
-                [(item.prompt, answers[id(item)]) for item in group],
-                model,
-                tags=[*tags, *item_tags],
-                namespace=namespace,
+            cache.entries.store_keyed(
+                [(key, answers[id(item)]) for item, key in group],
+                cache.ttl if chosen is None else parse_ttl(chosen),  # None: the cache's default TTL
+                check_tags([*tags, *item_tags]),
                 source="warm",
-                **extra,
             )
             result.added += len(group)
         except PgcacheError as exc:
             result.failed += len(group)
-            result.errors.extend(f"{path}:{item.line}: {exc}" for item in group)
+            result.errors.extend(f"{path}:{item.line}: {exc}" for item, _ in group)
 
 
 def _capture(function):
