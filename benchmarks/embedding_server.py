@@ -33,9 +33,15 @@ class _Vectors:
         self.pool = pool / np.linalg.norm(pool, axis=1, keepdims=True)
 
     def encode(self, texts: list[str]) -> list[str]:
-        picks = np.array(
-            [np.frombuffer(hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=8).digest(), "<u2") for t in texts]
-        ).astype(np.int64) % POOL
+        picks = (
+            np.array(
+                [
+                    np.frombuffer(hashlib.blake2b(t.encode("utf-8", "replace"), digest_size=8).digest(), "<u2")
+                    for t in texts
+                ]
+            ).astype(np.int64)
+            % POOL
+        )
         # Four directions with hash-chosen weights: distinct texts get distinct vectors.
         weights = 1.0 + picks[:, 2:3].astype(np.float32) / POOL
         vectors = self.pool[picks[:, 0]] + weights * self.pool[picks[:, 1]] + 0.5 * self.pool[picks[:, 3]]
