@@ -42,6 +42,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -313,12 +314,17 @@ def compute_truth(run: Run, table: Table) -> None:
     run.log(f"  exact search done in {table.truth_seconds:.0f}s")
 
 
-def time_lookups(database: Database, table: Table, query_set: QuerySet) -> tuple[Timing, float]:
-    """pgcache's semantic query (database time, no embedding) for each query, and recall@1 against exact search."""
+def time_lookups(
+    database: Database, table: Table, query_set: QuerySet, probes: int | None = None
+) -> tuple[Timing, float]:
+    """pgcache's semantic query (database time, no embedding) for each query, and recall@1 against exact search.
+
+    ``probes``: the ``pgcache.probes`` setting of the session (None: pgcache's policy).
+    """
     count = len(query_set.vectors)
     keys = [scope.key("x").scope_key for scope in table.scopes]
     found = np.full(count, -2, dtype=np.int64)
-    with database.connection() as conn:
+    with database.connection() as conn, probes_set(conn, probes):
 
         def lookup(i: int) -> None:
             row = find_nearest(conn, keys[query_set.groups[i]], EMBEDDER, query_set.vectors[i])
@@ -328,6 +334,19 @@ def time_lookups(database: Database, table: Table, query_set: QuerySet) -> tuple
         timing = measure(lookup, count)
     assert query_set.truth is not None
     return timing, float(np.mean(found == query_set.truth))
+
+
+@contextmanager
+def probes_set(conn: Any, probes: int | None) -> Iterator[None]:
+    """``pgcache.probes`` set for the session while the block runs (nothing when None)."""
+    if probes is None:
+        yield
+        return
+    conn.execute("SELECT set_config('pgcache.probes', %s, false)", (str(probes),))
+    try:
+        yield
+    finally:
+        conn.execute("RESET pgcache.probes")
 
 
 def query_sets(
@@ -453,7 +472,48 @@ def phase_lookup(run: Run) -> list[Section]:
     section.table("Similarity profile of the data (cosine)", profile_rows(table))
     section.table("How far ahead the nearest entry is (nearest minus second nearest, cosine)", gap_rows(table))
     judge_lookups(section, f"{n // 1000:,}k in one scope", timings, recalls)
+    sweep_probes(run, section, table)
     return [section]
+
+
+SWEEP = (2, 4, 8)
+"""Multiples of pgcache's probes that the lookup phase also measures, through the ``pgcache.probes`` setting."""
+
+
+def sweep_probes(run: Run, section: Section, table: Table) -> None:
+    """Recall and latency of the paraphrase queries at more probes than pgcache's policy picks."""
+    database = Database(table.url, max_size=2, statement_timeout=60)
+    rows, reached = [], None
+    try:
+        for multiple in SWEEP:
+            probes = min(table.lists, multiple * table.probes)
+            recalls, slowest = {}, None
+            for query_set in table.sets:
+                if query_set.kind == NOVEL:
+                    continue
+                run.log(f"  probes {probes}, {query_set.kind}")
+                timing, recalls[query_set.kind] = time_lookups(database, table, query_set, probes)
+                slowest = timing if slowest is None or timing.p50 > slowest.p50 else slowest
+            assert slowest is not None
+            row: dict[str, Any] = {"probes": probes}
+            row.update({f"recall@1 {kind.removeprefix('paraphrase ')}": value for kind, value in recalls.items()})
+            row.update({"slowest p50 ms": slowest.p50 / 1000, "slowest p99 ms": slowest.p99 / 1000})
+            rows.append(row)
+            if reached is None and min(recalls.values()) >= 0.95:
+                reached = row
+    finally:
+        database.close()
+    section.table("More probes (`SET pgcache.probes`), paraphrase queries", rows)
+    if reached is None:
+        section.notes.append(
+            f"No swept setting up to {rows[-1]['probes']} probes reached recall@1 0.95 for every paraphrase kind."
+        )
+    else:
+        section.notes.append(
+            f"Recall@1 reaches 0.95 for every paraphrase kind from {reached['probes']} probes, at a p50 of "
+            f"{reached['slowest p50 ms']:.2f} ms for the slowest kind: `ALTER DATABASE … SET pgcache.probes = "
+            f"{reached['probes']}` buys it where that latency is acceptable (docs/operations.md)."
+        )
 
 
 def profile_rows(table: Table) -> list[dict[str, Any]]:

@@ -70,3 +70,8 @@ def test_bench_large_runs_every_phase_at_a_tiny_size(tmp_path):
     ]
     assert len(cells) == len(recalls)
     assert all(math.isfinite(float(cell)) and 0 <= float(cell) <= 1 for cell in cells), cells
+
+    lookup = next(section for section in results["sections"] if section["key"] == "lookup")
+    sweep = next(table for table in lookup["tables"] if table["caption"].startswith("More probes"))
+    swept = [row["probes"] for row in sweep["rows"]]
+    assert swept == sorted(swept) and swept[-1] > int(lookup["tables"][0]["caption"].split("probes ")[1].rstrip(")"))
