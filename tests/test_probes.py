@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import psycopg
 import pytest
@@ -28,12 +30,14 @@ QUERIES = unit(STORED[:100] + 1.7 * unit(rng.standard_normal((100, 1536))))
 
 
 class FixedEmbedder:
+    """``question i`` is STORED[i]; ``paraphrase i`` is QUERIES[i]."""
+
     name = EMBEDDER
     dimensions = 1536
     default_threshold = 0.5
 
     def embed(self, texts):
-        return [STORED[int(text.removeprefix("question "))] for text in texts]
+        return [(QUERIES if text.startswith("paraphrase") else STORED)[int(text.split()[1])] for text in texts]
 
 
 @pytest.fixture
@@ -120,6 +124,16 @@ def test_a_bad_setting_fails_the_lookup_loudly(trained):
             find_nearest(conn, scope, EMBEDDER, QUERIES[0])
     finally:
         database.close()
+
+
+def test_with_fail_open_a_bad_setting_sends_calls_to_the_llm_and_says_why(trained, llm, fake, caplog):
+    url, _ = trained
+    set_for_database(url, "lots")
+    with Cache(url, embedder=FixedEmbedder(), llm=llm) as cache, caplog.at_level(logging.WARNING, logger="pgcache"):
+        answer = cache.query("paraphrase 3")
+    assert answer.status == "miss" and answer.content == "answer #1 to: paraphrase 3"
+    assert fake.calls["chat"] == 1
+    assert any("pgcache.probes must be a positive whole number" in r.getMessage() for r in caplog.records)
 
 
 def test_downgrade_ignores_the_setting_and_upgrade_restores_it(database_url):
