@@ -50,11 +50,22 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = create_engine(db.sqlalchemy_url(_url()), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        _configure(connection=connection)
-        with context.begin_transaction():
-            # Two processes upgrading a fresh database at once: the second waits, then finds it done.
-            connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": db.MIGRATION_LOCK_ID})
-            context.run_migrations()
+        # Two processes upgrading at once: the second waits here, then finds the work done. A
+        # session lock, as every revision commits on its own (so that live traffic never waits
+        # for the locks of a whole chain).
+        connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": db.MIGRATION_LOCK_ID})
+        # A statement that cannot take its lock soon gives up rather than queueing every lookup
+        # behind it; `pgcache db upgrade` tries that revision again (db.upgrade).
+        connection.execute(text(f"SET lock_timeout = '{db.LOCK_TIMEOUT_MS}ms'"))
+        connection.commit()
+        try:
+            _configure(connection=connection, transaction_per_migration=True)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": db.MIGRATION_LOCK_ID})
+            connection.commit()
     engine.dispose()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -15,6 +16,11 @@ from .errors import ConfigurationError, DatabaseError, PgcacheError, SchemaError
 
 VERSION_TABLE = queries.VERSION_TABLE
 MIGRATION_LOCK_ID = queries.MIGRATION_LOCK_ID
+LOCK_TIMEOUT_MS = 1000
+"""How long a migration's statement waits for a lock before giving up (and being tried again):
+lookups queued behind it wait at most this long, well inside their 2 s statement timeout."""
+LOCK_ATTEMPTS = 8
+"""Tries of a revision whose lock was not granted in time, with a doubling pause between them."""
 
 _log = logging.getLogger(__name__)
 _SCHEMES = {"postgresql", "postgres", "postgresql+psycopg"}
@@ -144,13 +150,29 @@ def _run_alembic(action, url: str, revision: str) -> None:
     current = current_revision(url)
     if current is not None and current not in known_revisions():
         raise SchemaError(_newer_than_code(current))
-    try:
-        action(alembic_config(url), revision)
-    except PgcacheError:
-        raise
-    except Exception as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise SchemaError(f"migration of {redact(url)} to {revision} failed: {cause}") from exc
+    pause = 0.25
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            action(alembic_config(url), revision)
+            return
+        except PgcacheError:
+            raise
+        except Exception as exc:
+            cause = getattr(exc, "orig", None) or exc
+            if isinstance(cause, psycopg.errors.LockNotAvailable) and attempt < LOCK_ATTEMPTS:
+                # Busy tables: the revisions done so far are committed; this one starts again.
+                _log.warning(
+                    "pgcache: migration waited %d ms for a lock (%s); trying again in %.2g s (attempt %d of %d)",
+                    LOCK_TIMEOUT_MS,
+                    " ".join(str(cause).split()),
+                    pause,
+                    attempt + 1,
+                    LOCK_ATTEMPTS,
+                )
+                time.sleep(pause)
+                pause *= 2
+                continue
+            raise SchemaError(f"migration of {redact(url)} to {revision} failed: {cause}") from exc
 
 
 def check_schema(url: str, *, auto_upgrade: bool = False) -> None:
