@@ -29,6 +29,7 @@ from .ledger import LedgerWriter, LookupRecord
 from .lookup import Finder, Thresholds
 from .options import CallOptions
 from .result import CacheResult
+from .spool import default_spool_dir
 from .validation import check_embedder, check_source, check_tags, check_threshold
 from .verifiers import Verifiers
 from .verify import build_verifier
@@ -105,7 +106,11 @@ class Cache:
         self.backend = Backend(s)
         self.breaker, self.read_breaker = self.backend.breaker, self.backend.read_breaker
         # Bound to the backend, not to the cache, so that the finalizer below can collect the cache.
-        self.ledger = LedgerWriter(functools.partial(self.backend.attempt, self.backend.database))
+        self.ledger = LedgerWriter(
+            functools.partial(self.backend.attempt, self.backend.database),
+            spool_dir=s.ledger_spool_dir or default_spool_dir(),
+            spool_rows=s.ledger_spool_rows,
+        )
         self.thresholds = Thresholds(self.backend, self.embedder, s.threshold)
         self.keys = RequestKeys(s.model, s.namespace)
         self.verifiers = Verifiers(self.backend, self.embedder, s.verifier, s.verifier_threshold)
@@ -209,7 +214,7 @@ class Cache:
         try:
             hit, vector = self.backend.attempt(self.finder.find, key, record, threshold)
         except Unavailable as exc:
-            hit, vector, record.outcome, record.error = None, None, "error", exc.reason
+            hit, vector, record.error = None, None, exc.reason  # a miss, and why
         self.ledger.record(record)
         return hit, vector
 

@@ -289,6 +289,17 @@ class Settings:
     data_dir: Path | None = setting(
         None, PATH, "data directory of the embedded PostgreSQL", "`~/.local/share/pgcache/postgres`"
     )
+    ledger_spool_dir: Path | None = setting(
+        None,
+        PATH,
+        "where ledger rows wait (a file per process) while the database cannot take them",
+        "`~/.local/share/pgcache/ledger-spool`",
+    )
+    ledger_spool_rows: int = setting(
+        100_000,
+        Kind(_count_text(1), _count(1)),
+        "most ledger rows one process keeps while the database is down; later ones are dropped and counted",
+    )
     embedder: str = setting("openai", _text_kind(_choice(*EMBEDDERS)), "`openai` or `local`")
     embedding_model: str | None = setting(
         None,

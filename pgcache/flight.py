@@ -134,7 +134,8 @@ class SingleFlight:
         try:
             hit, flight.vector = self.backend.attempt(self.finder.find, key, record, options.threshold)
         except Unavailable as exc:
-            record.outcome, record.error = "error", exc.reason
+            # A miss the LLM answers, as the caller sees it; the reason stays in the ledger's error.
+            record.error = exc.reason
             return self._depart(flight)
         if hit is not None:
             self.ledger.record(record)

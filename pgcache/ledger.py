@@ -3,9 +3,16 @@
 A lookup hands its ledger row and hit-counter increment to a background thread
 and returns; the thread writes them in batches with ``synchronous_commit =
 off``, so the caller never waits for a ledger write or a commit flush. The
-price: a crash can lose the last fraction of a second of ledger rows, never a
-cache entry. ``flush()`` writes everything queued so far (tests and scripts
-that read the ledger right away call it; ``Cache.close()`` does too).
+price: a crash of the database server can lose the last fraction of a second
+of ledger rows, never a cache entry. ``flush()`` writes everything queued so
+far (tests and scripts that read the ledger right away call it;
+``Cache.close()`` does too).
+
+While the database cannot take them, batches wait in a :class:`~pgcache.spool.Spool`
+(memory and a file) and are written once it answers again. Every write is
+idempotent: a lookup row whose id is already stored is skipped, and only rows
+actually inserted count hits, so a batch written twice (its commit lost in an
+outage, then replayed) counts once.
 """
 
 from __future__ import annotations
@@ -13,109 +20,27 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import uuid
+import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
+from pathlib import Path
 
-from psycopg.types.json import Jsonb
+import psycopg
 
 from . import queries
 from .backend import Unavailable
 from .connections import Database
 from .errors import PgcacheError
+from .ledger_rows import INSERT_JUDGEMENT, INSERT_LOOKUP, Judgement, LookupRecord
+from .spool import Batch, Spool
+
+__all__ = ["Judgement", "LedgerWriter", "LookupRecord"]
 
 _log = logging.getLogger(__name__)
 
-
-@dataclass(slots=True)
-class LookupRecord:
-    """One row of ``pgcache_lookups``."""
-
-    id: uuid.UUID
-    at: datetime
-    namespace: str
-    model: str
-    outcome: str
-    entry_id: int | None
-    embedder: str | None
-    similarity: float | None
-    threshold: float | None
-    latency_ms: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    error: str | None = None
-    candidate_id: int | None = None
-    llm_ms: float | None = None
-    rejected_by: str | None = None
-    prompt: str | None = None
-    """The request's text, kept for semantic hits (feedback turns it into a labelled pair) and misses."""
-    judge_tokens: int | None = None
-    verifier_probability: float | None = None
-    """The learned verifier's probability for the nearest candidate, when it scored one."""
-    verifier_scores: list[dict[str, Any]] | None = None
-    """Every candidate the verifier scored: entry id, similarity, probability."""
-    tokens_estimated: bool | None = None
-    """A hit whose saved token counts were estimated when the entry was stored (it came without usage)."""
-    embedding_tokens: int | None = None
-    """Tokens the embeddings API reported for embedding the request (None for a local model)."""
-    embedding_ms: float | None = None
-    judge_model: str | None = None
-    judge_completion_tokens: int | None = None
-    """Of ``judge_tokens``, those the judge answered with (priced at the output rate)."""
-    verifier_ms: float | None = None
-    """CPU time the learned verifier spent scoring this lookup's candidates."""
-
-    @classmethod
-    def start(cls, model: str, namespace: str) -> LookupRecord:
-        """The record of a lookup that begins now; a miss until a tier finds something."""
-        return cls(
-            id=uuid.uuid4(),
-            at=datetime.now(UTC),
-            namespace=namespace,
-            model=model,
-            outcome="miss",
-            entry_id=None,
-            embedder=None,
-            similarity=None,
-            threshold=None,
-            latency_ms=0.0,
-        )
-
-    def params(self) -> dict[str, Any]:
-        """The row's values by column name."""
-        values = {name: getattr(self, name) for name in LOOKUP_COLUMNS}
-        if self.verifier_scores is not None:
-            values["verifier_scores"] = Jsonb(self.verifier_scores)
-        return values
-
-
-@dataclass(slots=True)
-class Judgement:
-    """One row of ``pgcache_judgements``: the LLM judge's verdict on a candidate, kept to train a verifier on."""
-
-    at: datetime
-    lookup_id: uuid.UUID
-    namespace: str
-    embedder: str | None
-    judge: str | None
-    prompt: str
-    entry_prompt: str
-    similarity: float
-    verifier_probability: float | None
-    verdict: bool
-
-    def params(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in JUDGEMENT_COLUMNS}
-
-
-LOOKUP_COLUMNS = tuple(field.name for field in fields(LookupRecord))
-JUDGEMENT_COLUMNS = tuple(field.name for field in fields(Judgement))
-# Bound by name, from the records' own fields: reordering a field cannot shift a column.
-INSERT_LOOKUP = queries.insert_named("pgcache_lookups", LOOKUP_COLUMNS)
-INSERT_JUDGEMENT = queries.insert_named("pgcache_judgements", JUDGEMENT_COLUMNS)
+RETRY_INTERVAL = 1.0
+"""Seconds between attempts to write spooled rows while the database fails."""
 
 
 class LedgerWriter:
@@ -126,16 +51,32 @@ class LedgerWriter:
     does not wait for it to open.
     """
 
-    def __init__(self, database: Callable[[], Database], *, batch_size: int = 500, interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        database: Callable[[], Database],
+        *,
+        batch_size: int = 500,
+        interval: float = 0.2,
+        spool_dir: Path | None = None,
+        spool_rows: int = 100_000,
+    ) -> None:
         self.database = database
         self.batch_size = batch_size
         self.interval = interval
-        self.dropped = 0
+        self.spool = Spool(spool_dir, spool_rows)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
         self._failing = False
+        self._tried_at = 0.0
+        self.rejected = 0
+        """Rows of batches the database refused (not an outage: written again, they would be refused again)."""
+
+    @property
+    def dropped(self) -> int:
+        """Ledger rows lost: those that found the spool full, and batches the database refused."""
+        return self.spool.overflow + self.rejected
 
     def record(self, row: LookupRecord | Judgement) -> None:
         """Queue a ledger row (or a judge's verdict); the writer thread starts on first use."""
@@ -154,12 +95,14 @@ class LedgerWriter:
         return done.wait(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and spooled if the database takes it; what it does not stays in the spool file."""
         if self._thread is not None and self._thread.is_alive():
             self.flush(timeout)
             self._queue.put(None)
             self._wake.set()
             self._thread.join(timeout)
             self._thread = None
+        self.spool.close()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -168,6 +111,7 @@ class LedgerWriter:
                 self._thread.start()
 
     def _run(self) -> None:
+        self.spool.adopt()  # rows a process that is gone left behind are written with this one's
         # Wake every ``interval`` (or at once for a flush or close) and drain the queue: callers
         # never hand the GIL to this thread row by row.
         while True:
@@ -192,38 +136,100 @@ class LedgerWriter:
                         batch = []
             if batch:
                 self._write(batch)
+            if len(self.spool) and (waiters or stop or time.monotonic() - self._tried_at >= RETRY_INTERVAL):
+                self._replay()
+            self.spool.sync()
             for waiter in waiters:
                 waiter.set()
             if stop:
                 return
 
-    def _write(self, batch: list[LookupRecord | Judgement]) -> None:
+    def _write(self, batch: Batch) -> None:
+        if len(self.spool):
+            self.spool.add(batch)  # behind the spooled ones: written when they are
+            return
+        if self._attempt(batch) is False:
+            self.spool.add(batch)
+
+    def _replay(self) -> None:
+        """Write the spooled batches, oldest first, until the database fails again."""
+        self._tried_at = time.monotonic()
+        done = rows = 0
+        try:
+            for batch in self.spool.batches():
+                if self._attempt(batch, len(self.spool) - rows) is False:
+                    break
+                done += 1
+                rows += len(batch)
+        finally:
+            self.spool.written(done)
+        if done and not len(self.spool):
+            _log.warning("pgcache: ledger writes recovered; %d spooled rows written", rows)
+
+    def _attempt(self, batch: Batch, waiting: int | None = None) -> bool | None:
+        """Write ``batch``: True when written, False when the database failed (keep it), None when refused."""
+        try:
+            self._store(batch)
+        except (PgcacheError, Unavailable) as exc:  # the ledger must never break lookups
+            if _transient(exc):
+                self._failed(exc, len(batch) if waiting is None else waiting)
+                return False
+            # The database took the batch and refused it (a constraint, a missing partition):
+            # written again it would be refused again, and hold up every batch behind it.
+            self.rejected += len(batch)
+            _log.warning("pgcache: %d ledger rows refused by the database and dropped: %s", len(batch), exc)
+            return None
+        if self._failing and waiting is None:
+            _log.warning("pgcache: ledger writes recovered")
+        self._failing = False
+        return True
+
+    def _store(self, batch: Batch) -> None:
+        """One transaction: the lookup rows not stored yet, their hit counts, the batch's verdicts."""
         lookups = [row for row in batch if isinstance(row, LookupRecord)]
         judgements = [row for row in batch if isinstance(row, Judgement)]
-        hits: Counter[int] = Counter()
-        last: dict[int, datetime] = {}
-        for row in lookups:
-            if row.entry_id is not None and row.outcome in ("exact", "semantic"):
-                hits[row.entry_id] += 1
-                last[row.entry_id] = max(last.get(row.entry_id, row.at), row.at)
-        ids = sorted(hits)
-        try:
-            with self.database().connection() as conn, conn.transaction(), conn.cursor() as cur:
-                cur.execute(queries.ASYNC_COMMIT)
-                if lookups:
-                    cur.executemany(INSERT_LOOKUP, [row.params() for row in lookups])
-                if judgements:
-                    cur.executemany(INSERT_JUDGEMENT, [row.params() for row in judgements])
-                if ids:
-                    cur.execute(queries.COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
-        except (PgcacheError, Unavailable) as exc:  # the ledger must never break lookups
-            self.dropped += len(batch)
-            if not self._failing:
-                # While the breaker is open the outage has been logged already; say only what it costs here.
-                cause = "the database is skipped while it fails" if isinstance(exc, Unavailable) else exc
-                _log.warning("pgcache: could not write %d ledger rows: %s", len(batch), cause)
-            self._failing = True
-        else:
-            if self._failing:
-                _log.info("pgcache: ledger writes recovered")
-            self._failing = False
+        with self.database().connection() as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(queries.ASYNC_COMMIT)
+            inserted = _insert_lookups(cur, lookups) if lookups else set()
+            # A batch is all or nothing: if none of its lookups was new, it was written before.
+            if judgements and (inserted or not lookups):
+                cur.executemany(INSERT_JUDGEMENT, [row.params() for row in judgements])
+            hits: Counter[int] = Counter()
+            last: dict[int, datetime] = {}
+            for row in lookups:
+                if row.id in inserted and row.entry_id is not None and row.outcome in ("exact", "semantic"):
+                    hits[row.entry_id] += 1
+                    last[row.entry_id] = max(last.get(row.entry_id, row.at), row.at)
+            ids = sorted(hits)
+            if ids:
+                cur.execute(queries.COUNT_HITS, (ids, [hits[i] for i in ids], [last[i] for i in ids]))
+
+    def _failed(self, exc: BaseException, rows: int) -> None:
+        self._tried_at = time.monotonic()
+        if not self._failing:
+            # While the breaker is open the outage has been logged already; say only what it costs here.
+            cause = "the database is skipped while it fails" if isinstance(exc, Unavailable) else exc
+            where = f"spooled in {self.spool.directory}" if self.spool.directory else "kept in memory"
+            _log.warning("pgcache: could not write %d ledger rows (%s): %s until it can", rows, cause, where)
+        self._failing = True
+
+
+def _insert_lookups(cur: psycopg.Cursor, lookups: list[LookupRecord]) -> set:
+    """Insert the rows whose ids are not stored yet; the ids inserted."""
+    cur.executemany(INSERT_LOOKUP, [row.params() for row in lookups], returning=True)
+    inserted = set()
+    while True:
+        row = cur.fetchone()
+        if row is not None:
+            inserted.add(row[0])
+        if not cur.nextset():
+            break
+    return inserted
+
+
+def _transient(exc: BaseException) -> bool:
+    """An outage (the batch can be written later), rather than the database refusing the rows."""
+    if isinstance(exc, Unavailable):
+        return True
+    cause = exc.__cause__
+    return not isinstance(cause, psycopg.Error) or isinstance(cause, psycopg.OperationalError)

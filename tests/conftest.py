@@ -27,6 +27,18 @@ PGCACHE_SCRIPT = str(Path(sys.executable).with_name("pgcache"))
 TEST_API_KEY = "sk-test-a1b2c3d4e5f6g7h8i9j0-never-store-me"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _ledger_spool_dir(tmp_path_factory):
+    """Ledger rows spooled during the tests' outages go to a directory of this run, not the user's."""
+    previous = os.environ.get("PGCACHE_LEDGER_SPOOL_DIR")
+    os.environ["PGCACHE_LEDGER_SPOOL_DIR"] = str(tmp_path_factory.mktemp("ledger-spool"))
+    yield
+    if previous is None:
+        os.environ.pop("PGCACHE_LEDGER_SPOOL_DIR", None)
+    else:
+        os.environ["PGCACHE_LEDGER_SPOOL_DIR"] = previous
+
+
 def with_database(url: str, name: str) -> str:
     """``url`` pointing at database ``name`` on the same server."""
     parts = urlsplit(url)
