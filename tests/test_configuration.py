@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = {
     "database_url": ("postgres://u@h/d", "postgres://u@h/d"),
     "data_dir": ("/tmp/pgcache-data", Path("/tmp/pgcache-data")),
+    "ledger_spool_dir": ("/tmp/pgcache-spool", Path("/tmp/pgcache-spool")),
+    "ledger_spool_rows": ("500", 500),
     "embedder": ("LOCAL", "local"),
     "embedding_model": ("my-model", "my-model"),
     "embedding_base_url": ("http://127.0.0.1:11434/v1", "http://127.0.0.1:11434/v1"),
