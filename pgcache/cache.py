@@ -14,8 +14,10 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
+from . import db, embedded
 from .admin import Admin
 from .backend import Backend, Unavailable
 from .config import UNSET, Settings
@@ -29,7 +31,7 @@ from .ledger import LedgerWriter, LookupRecord
 from .lookup import Finder, Thresholds
 from .options import CallOptions
 from .result import CacheResult
-from .spool import default_spool_dir
+from .spool import default_spool_dir, spool_dir_for
 from .validation import check_embedder, check_source, check_tags, check_threshold
 from .verifiers import Verifiers
 from .verify import build_verifier
@@ -108,7 +110,7 @@ class Cache:
         # Bound to the backend, not to the cache, so that the finalizer below can collect the cache.
         self.ledger = LedgerWriter(
             functools.partial(self.backend.attempt, self.backend.database),
-            spool_dir=s.ledger_spool_dir or default_spool_dir(),
+            spool_dir=spool_dir_for(s.ledger_spool_dir or default_spool_dir(), _database_identity(s)),
             spool_rows=s.ledger_spool_rows,
         )
         self.thresholds = Thresholds(self.backend, self.embedder, s.threshold)
@@ -357,3 +359,10 @@ class Cache:
 def _shutdown(ledger: LedgerWriter, backend: Backend) -> None:
     ledger.close()
     backend.close()
+
+
+def _database_identity(settings: Settings) -> str:
+    """Which database the ledger writes to, without a password: its URL, or the embedded server's directory."""
+    if settings.database_url is not None:
+        return db.redact(settings.database_url)
+    return "embedded:" + str(Path(settings.data_dir or embedded.default_data_dir()).expanduser().resolve())

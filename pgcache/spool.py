@@ -2,11 +2,11 @@
 
 The ledger writer hands a batch it could not write to :class:`Spool` and replays the spool
 once the database answers again. Each batch is one JSON line in a file of this process
-(``ledger-<pid>-<random>.jsonl`` in the spool directory), flushed at once and fsynced at most a
-second later, so that a crashed process loses at most its last second of rows; the next process
-to use the directory adopts the files of processes that are gone (their files are no longer
-locked) and replays them too. Replays are idempotent (see :mod:`pgcache.ledger`), so a batch
-written twice counts once.
+(``ledger-<pid>-<random>.jsonl``, in the spool directory's folder for that database), flushed
+at once and fsynced at most a second later, so that a crashed process loses at most its last
+second of rows; the next process writing to the same database adopts the files of processes
+that are gone (their files are no longer locked) and replays them too. Replays are idempotent
+(see :mod:`pgcache.ledger`), so a batch written twice counts once.
 
 The spool holds at most ``max_rows`` rows: beyond that a batch is dropped and counted in
 :attr:`Spool.overflow`, so a long outage costs bounded memory and disk.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +43,12 @@ def default_spool_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_data_path("pgcache") / "ledger-spool"
+
+
+def spool_dir_for(base: Path, database: str) -> Path:
+    """The folder under ``base`` for one database (its URL without the password, or the embedded
+    server's data directory): rows are only ever adopted by a process writing to the same database."""
+    return base / hashlib.sha256(database.encode("utf-8", "replace")).hexdigest()[:16]
 
 
 class Spool:

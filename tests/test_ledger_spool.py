@@ -27,7 +27,7 @@ OUTAGE_SECONDS = 30
 
 
 def spool_files(directory) -> list:
-    return sorted(directory.glob("ledger-*.jsonl"))
+    return sorted(directory.glob("*/ledger-*.jsonl"))  # one folder per database
 
 
 def rows_with(url: str, ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple]:
@@ -115,6 +115,18 @@ def test_a_30_second_outage_under_load_is_in_the_ledger_exactly_once(server, tmp
         [PGCACHE_SCRIPT, "report", "--database-url", url], capture_output=True, text=True, check=True
     ).stdout
     assert re.search(rf"misses\s*\S*\s*{misses}\b", report), report
+
+
+def test_each_database_has_its_own_spool_folder(tmp_path):
+    def folder(url):
+        return Cache(url, embedder=OpenAIEmbedder(client=None), ledger_spool_dir=tmp_path).ledger.spool.directory
+
+    first = folder("postgresql://app:s3cret@db-one/cache")
+    assert first.parent == tmp_path
+    assert folder("postgresql://app:rotated@db-one/cache") == first, "a new password, the same database"
+    assert folder("postgresql://app:s3cret@db-two/cache") != first
+    assert folder("postgresql://app:s3cret@db-one/other") != first
+    assert "s3cret" not in str(first)
 
 
 def test_a_batch_written_twice_counts_once(database_url, llm, fake):
