@@ -98,11 +98,11 @@ def upgrade_under_load(url: str, target: str) -> tuple[Load, float, float]:
     threads = [threading.Thread(target=work, args=(url, n, stop, load)) for n in range(WORKERS)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    time.sleep(0.3)
     started = time.perf_counter()
     db.upgrade(url, target)
     ended = time.perf_counter()
-    time.sleep(0.3)
+    time.sleep(0.2)
     stop.set()
     for thread in threads:
         thread.join()
