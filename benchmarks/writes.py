@@ -209,7 +209,8 @@ def _insert_rate(context: Context, prepared: list[entries.NewEntry], writers: in
 
 
 STEP_ROUNDS = 3
-"""Rounds of the step breakdown: every variant once per round, in turn; each step's least time is kept."""
+"""Rounds of the step breakdown (one at toy size): every variant once per round, in turn; each step's least
+time is kept."""
 
 
 def _insert_steps(context: Context, prepared: list[entries.NewEntry]) -> list[dict[str, Any]]:
@@ -227,7 +228,7 @@ def _insert_steps(context: Context, prepared: list[entries.NewEntry]) -> list[di
     variants: list[str | None] = [None, *indexes]
     best: dict[str | None, dict[str, float]] = {}
     wal: dict[str | None, float] = {}
-    for _ in range(STEP_ROUNDS):
+    for _ in range(1 if context.mode == "toy" else STEP_ROUNDS):
         for dropped in variants:
             times, wal[dropped] = _timed_steps(context, prepared, dropped)
             kept = best.setdefault(dropped, times)
