@@ -298,11 +298,27 @@ class Cache:
         **params: Any,
     ) -> list[int]:
         """Store many ``(prompt_or_messages, response)`` pairs with one embedding batch."""
-        check_source(source)
-        lifetime = self.ttl if ttl is UNSET else parse_ttl(ttl)
+        lifetime, checked = self._storing(ttl, tags, source)
         return self.entries.store_many(
-            items, model, lifetime, check_tags(tags), namespace=namespace, source=source, params=params
+            items, model, lifetime, checked, namespace=namespace, source=source, params=params
         )
+
+    def store_keyed(
+        self,
+        keyed: Sequence[tuple[RequestKey, Any]],
+        ttl: Any = UNSET,
+        tags: Iterable[str] | None = None,
+        *,
+        source: str = "warm",
+    ) -> list[int]:
+        """:meth:`store_many` for ``(key, response)`` pairs whose keys were derived already (``cache.keys.key``)."""
+        lifetime, checked = self._storing(ttl, tags, source)
+        return self.entries.store_keyed(keyed, lifetime, checked, source=source)
+
+    def _storing(self, ttl: Any, tags: Iterable[str] | None, source: str) -> tuple[float | None, list[str]]:
+        """A store's lifetime (the cache's default when ``ttl`` is not given) and its checked tags."""
+        check_source(source)
+        return (self.ttl if ttl is UNSET else parse_ttl(ttl)), check_tags(tags)
 
     def contains_many(
         self, requests: Iterable[tuple[str | Sequence[Any], str | None]], model: str | None = None, **params: Any

@@ -141,7 +141,7 @@ def output_params(params: Mapping[str, Any]) -> dict[str, Any]:
 def canonical_json(value: Any) -> str:
     """Deterministic compact JSON: sorted keys, no ``None`` in dicts, integral floats as ints."""
     try:
-        return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return _dump(_canonical(value))
     except (TypeError, ValueError) as exc:
         raise InvalidRequestError(f"request is not JSON-serialisable: {exc}") from None
     except RecursionError:
@@ -164,11 +164,15 @@ def _canonical(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
+def _dump(canonical: Any) -> str:
+    """JSON of a value already passed through :func:`_canonical`."""
+    return json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _digest(payload: Mapping[str, Any]) -> bytes:
     # Only called with parts of a request already passed through _canonical: dumped as they are.
     try:
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        data = text.encode("utf-8")
+        data = _dump(payload).encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidRequestError("request contains invalid Unicode (a lone surrogate)") from None
     except ValueError as exc:  # a NaN or infinite float

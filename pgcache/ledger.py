@@ -145,10 +145,8 @@ class LedgerWriter:
                 return
 
     def _write(self, batch: Batch) -> None:
-        if len(self.spool):
-            self.spool.add(batch)  # behind the spooled ones: written when they are
-            return
-        if self._attempt(batch) is False:
+        # Behind spooled batches, a new one waits its turn; else it is tried at once.
+        if len(self.spool) or not self._attempt(batch):
             self.spool.add(batch)
 
     def _replay(self) -> None:
@@ -157,7 +155,7 @@ class LedgerWriter:
         done = rows = 0
         try:
             for batch in self.spool.batches():
-                if self._attempt(batch, len(self.spool) - rows) is False:
+                if not self._attempt(batch):
                     break
                 done += 1
                 rows += len(batch)
@@ -166,21 +164,19 @@ class LedgerWriter:
         if done and not len(self.spool):
             _log.warning("pgcache: ledger writes recovered; %d spooled rows written", rows)
 
-    def _attempt(self, batch: Batch, waiting: int | None = None) -> bool | None:
-        """Write ``batch``: True when written, False when the database failed (keep it), None when refused."""
+    def _attempt(self, batch: Batch) -> bool:
+        """Write ``batch``; False when the database failed and the batch must wait for it."""
         try:
             self._store(batch)
         except (PgcacheError, Unavailable) as exc:  # the ledger must never break lookups
             if _transient(exc):
-                self._failed(exc, len(batch) if waiting is None else waiting)
+                self._failed(exc, len(batch))
                 return False
             # The database took the batch and refused it (a constraint, a missing partition):
             # written again it would be refused again, and hold up every batch behind it.
             self.rejected += len(batch)
             _log.warning("pgcache: %d ledger rows refused by the database and dropped: %s", len(batch), exc)
-            return None
-        if self._failing and waiting is None:
-            _log.warning("pgcache: ledger writes recovered")
+            return True
         self._failing = False
         return True
 

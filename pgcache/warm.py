@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .durations import parse_ttl
 from .errors import InvalidRequestError, PgcacheError
-from .validation import check_tags
 
 FORMATS = ("text", "tsv", "csv", "jsonl")
 
@@ -250,13 +248,11 @@ def _warm_batch(cache, path, todo, model, ttl, tags, pool, result) -> None:
         if id(item) in answers:
             groups.setdefault((item.ttl, item.tags), []).append((item, key))
     for (item_ttl, item_tags), group in groups.items():
-        chosen = ttl if item_ttl is None else item_ttl
+        lifetime = ttl if item_ttl is None else item_ttl
+        extra = {} if lifetime is None else {"ttl": lifetime}  # None: the cache's default TTL
         try:
-            cache.entries.store_keyed(
-                [(key, answers[id(item)]) for item, key in group],
-                cache.ttl if chosen is None else parse_ttl(chosen),  # None: the cache's default TTL
-                check_tags([*tags, *item_tags]),
-                source="warm",
+            cache.store_keyed(
+                [(key, answers[id(item)]) for item, key in group], tags=[*tags, *item_tags], source="warm", **extra
             )
             result.added += len(group)
         except PgcacheError as exc:
